@@ -1,0 +1,16 @@
+"""quantsweep: `python run.py [overrides]` runs one combination, `python run.py -m ...` sweeps."""
+
+import hydra
+from omegaconf import DictConfig
+
+import quantsweep.config  # noqa: F401  (registers the structured schema)
+from quantsweep.cli import main as run_one
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    return run_one(cfg)
+
+
+if __name__ == "__main__":
+    main()

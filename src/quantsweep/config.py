@@ -1,0 +1,132 @@
+"""Structured config schema: Hydra type-checks every config group against these dataclasses.
+
+Registered in Hydra's ConfigStore as `quantsweep_schema`, the first entry of `conf/config.yaml`'s defaults,
+so a misspelt key or a wrong type fails at composition, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """Where the unquantized model comes from and what sizing needs to know about it without weights."""
+
+    name: str = MISSING
+    # A local directory, a hub id, or `gguf:<python package>/<file.gguf>` (materialised once into cache_dir).
+    source: str = MISSING
+    label: str = ""
+    revision: str | None = None
+    # Some GGUF conversions get eos wrong (SmolLM2's says <|im_start|>): the token to use as eos and pad.
+    eos_token: str | None = None
+    dtype: str = "bfloat16"
+    trust_remote_code: bool = False
+    # Optional: parameter count and config.json fields, so the sizing calculator needs no download.
+    num_parameters: float | None = None
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SchemeConfig:
+    """A compressed-tensors preset plus the llm-compressor algorithm that produces it."""
+
+    name: str = MISSING
+    preset: str = MISSING
+    # RTN | GPTQ | AWQ | SMOOTHQUANT_GPTQ
+    algorithm: str = "RTN"
+    # None keeps the preset's own group size.
+    group_size: int | None = None
+    # Static FP8 KV cache scales (calibrated): vLLM then stores the KV cache in FP8.
+    kv_cache_fp8: bool = False
+    # Per-layer-group precision: {target module pattern: preset name, or "bf16" to keep it unquantized}.
+    layer_overrides: dict[str, str] = field(default_factory=dict)
+    smoothing_strength: float = 0.8
+    dampening_frac: float = 0.01
+
+
+@dataclass
+class IgnoreConfig:
+    """Modules left in the original precision."""
+
+    name: str = MISSING
+    # Module names or `re:` patterns, as llm-compressor's `ignore=` takes them.
+    patterns: list[str] = field(default_factory=list)
+    # Also keep the first and last decoder layers (expanded for the model's depth).
+    keep_first_last_layers: bool = False
+
+
+@dataclass
+class CalibrationConfig:
+    """Data for schemes and algorithms that observe activations."""
+
+    name: str = "default"
+    # A local .txt / .jsonl / HellaSwag file, or a hub dataset id.
+    dataset: str = MISSING
+    split: str = "train"
+    text_field: str = "text"
+    # Records to skip at the start of a local file (e.g. to stay clear of the evaluated items).
+    skip: int = 0
+    num_samples: int = 128
+    max_seq_length: int = 512
+    seed: int = 42
+
+
+@dataclass
+class EvalConfig:
+    """lm-eval settings, shared by a quantized model and its baseline."""
+
+    name: str = MISSING
+    tasks: list[str] = field(default_factory=list)
+    num_fewshot: int | None = None
+    # Items per task (int) or fraction (float < 1); None evaluates everything.
+    limit: float | None = None
+    batch_size: str = "auto"
+    # lm-eval model type: hf (in this process) or vllm (needs `python`, a separate environment).
+    backend: str = "hf"
+    # A Python interpreter of another environment to run lm-eval in (required for vllm).
+    python: str | None = None
+    # The metric recovery and the floor are computed on; `primary_task` defaults to the first task.
+    primary_metric: str = "acc_norm"
+    primary_task: str | None = None
+    # Pass when quantized/baseline >= floor ("recovery"), or accuracy >= floor ("accuracy").
+    floor: float = 0.97
+    floor_on: str = "recovery"
+    # Local data file for the *_file tasks.
+    data_path: str | None = None
+    # auto: bfloat16 on GPU, float32 on CPU (bf16 matmuls are slow on most CPUs).
+    dtype: str = "auto"
+    device: str = "auto"
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_location: str = "mlruns/artifacts"
+    experiment: str = "quantsweep"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    scheme: SchemeConfig = MISSING
+    ignore: IgnoreConfig = MISSING
+    calibration: CalibrationConfig = MISSING
+    eval: EvalConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    output_dir: str = "outputs/checkpoints"
+    cache_dir: str = "~/.cache/quantsweep"
+    force: bool = False
+    seed: int = 0
+
+
+def register() -> None:
+    """Make the schema available to `defaults:` lists; idempotent."""
+    ConfigStore.instance().store(name="quantsweep_schema", node=Config)
+
+
+register()

@@ -1,0 +1,284 @@
+"""One combination end to end: validate → baseline (reused by fingerprint) → quantize → evaluate → record.
+
+Each evaluation is its own MLflow run: the baseline (role=baseline) is shared by every point with the same
+model and eval settings; a point's run carries its own metrics plus the comparison with that baseline.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from quantsweep import devices, footprint, models, recipes, tracking, validate
+from quantsweep.config import Config
+from quantsweep.evaluate import EvalResult, evaluate
+from quantsweep.hellaswag_file import digest
+from quantsweep.quantize import quantize
+
+GIB = 2**30
+
+
+@dataclass
+class Outcome:
+    """What a caller (the CLI, a sweep, a search) needs from one combination."""
+
+    run_id: str
+    status: str  # FINISHED | FAILED | KILLED
+    reused: bool
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    error: str | None = None
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def eval_identity(cfg: Config) -> dict[str, Any]:
+    """Everything that changes an evaluation's numbers (batch size and floor don't)."""
+    ev = cfg.eval
+    return {
+        "tasks": list(ev.tasks),
+        "num_fewshot": ev.num_fewshot,
+        "limit": ev.limit,
+        "data": digest(ev.data_path) if ev.data_path else None,
+        "backend": ev.backend,
+        "dtype": ev.dtype
+        if ev.dtype != "auto"
+        else ("bfloat16" if devices.accelerator() != "cpu" else "float32"),
+        "seed": cfg.seed,
+        "lm_eval": tracking.package_versions()["lm_eval"],
+    }
+
+
+def baseline_fingerprint(cfg: Config) -> str:
+    model = {"source": cfg.model.source, "revision": cfg.model.revision, "dtype": cfg.model.dtype}
+    return tracking.fingerprint({"model": model, "eval": eval_identity(cfg)})
+
+
+def point_fingerprint(cfg: Config, baseline_fp: str, ignore: list[str]) -> str:
+    versions = tracking.package_versions()
+    uses_data = recipes.needs_calibration(cfg.scheme)
+    return tracking.fingerprint(
+        {
+            "baseline": baseline_fp,
+            "scheme": as_dict(cfg)["scheme"] | {"name": None},
+            "ignore": ignore,
+            "calibration": as_dict(cfg)["calibration"] | {"name": None} if uses_data else None,
+            "seed": cfg.seed,
+            "llmcompressor": versions["llmcompressor"],
+            "compressed-tensors": versions["compressed-tensors"],
+        }
+    )
+
+
+def _eval_metrics(result: EvalResult) -> dict[str, float | None]:
+    metrics: dict[str, float | None] = {
+        f"{task}.{name}": value for task, values in result.metrics.items() for name, value in values.items()
+    }
+    metrics |= {
+        "accuracy": result.primary,
+        "accuracy_stderr": result.primary_stderr,
+        "time_eval_load_s": result.seconds_load,
+        "time_eval_s": result.seconds_eval,
+        "peak_gpu_mem_eval_gib": None if result.peak_memory_bytes is None else result.peak_memory_bytes / GIB,
+    }
+    return metrics
+
+
+def _tags(role: str, fp: str, extra: dict[str, str]) -> dict[str, str]:
+    versions = {f"version.{k}": v for k, v in tracking.package_versions().items()}
+    return {
+        tracking.ROLE: role,
+        tracking.FINGERPRINT: fp,
+        "device": devices.device_name(),
+        **versions,
+        **extra,
+    }
+
+
+def recovery(
+    quantized: float, q_err: float | None, baseline: float, b_err: float | None
+) -> tuple[float, float | None]:
+    """quantized / baseline, with its standard error by first-order propagation of both stderrs.
+
+    Both are scored on the same items, so the errors are positively correlated and this overstates the
+    uncertainty: a conservative figure for deciding ties and floors.
+    """
+    if baseline == 0:
+        return math.nan, None
+    ratio = quantized / baseline
+    if q_err is None or b_err is None or quantized == 0:
+        return ratio, None
+    return ratio, ratio * math.hypot(q_err / quantized, b_err / baseline)
+
+
+class Tracked:
+    """An MLflow run that ends FINISHED, FAILED (error logged) or KILLED (Ctrl-C), never left RUNNING."""
+
+    def __init__(self, experiment_id: str, name: str, tags: dict[str, str], parent: str | None):
+        import mlflow
+
+        self.run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=name,
+            tags=tags,
+            parent_run_id=parent,
+            nested=parent is not None,
+        )
+        self.run_id = self.run.info.run_id
+        self.status = "FINISHED"
+        self.error: str | None = None
+
+    def __enter__(self) -> Tracked:
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
+        import mlflow
+
+        if exc is not None:
+            self.status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            self.error = f"{type(exc).__name__}: {exc}"
+            try:
+                mlflow.set_tag(tracking.ERROR, self.error[:5000])
+                mlflow.log_text("".join(traceback.format_exception(exc)), "error.txt")
+            finally:
+                mlflow.end_run(self.status)
+        else:
+            mlflow.end_run(self.status)
+        # Errors are logged on the run and reported by status; Ctrl-C still stops the process.
+        return self.status == "FAILED"
+
+
+def ensure_baseline(cfg: Config, source: str, experiment_id: str, fp: str, parent: str | None) -> Any:
+    """The FINISHED baseline run for this fingerprint; evaluates the unquantized model only if none exists."""
+    import mlflow
+
+    found = tracking.find_finished(experiment_id, fp)
+    if found is not None:
+        return found
+    start = time.perf_counter()
+    name = f"{cfg.model.name}/baseline"
+    with Tracked(experiment_id, name, _tags("baseline", fp, {}), parent) as tracked:
+        params = {"model." + k: v for k, v in tracking.flatten(as_dict(cfg)["model"]).items()}
+        params |= {"eval." + k: v for k, v in tracking.flatten(as_dict(cfg)["eval"]).items()}
+        mlflow.log_params(params | {"scheme.name": "baseline"})
+        result = evaluate(source, cfg.eval, cfg.cache_dir, cfg.seed, compressed=False)
+        params_count = footprint.num_parameters(source) if Path(source).is_dir() else None
+        metrics = _eval_metrics(result)
+        if params_count:
+            kv_bytes = 2
+            metrics |= footprint.footprint(source, params_count, kv_bytes)
+        metrics["time_total_s"] = time.perf_counter() - start
+        tracking.log_metrics(metrics)
+        mlflow.log_dict(result.raw, "lm_eval_results.json")
+    if tracked.status != "FINISHED":
+        raise RuntimeError(f"baseline evaluation of {cfg.model.name} failed: {tracked.error}")
+    return mlflow.get_run(tracked.run_id)
+
+
+def run(cfg: Config, parent: str | None = None, sweep_id: str | None = None) -> Outcome:
+    """Validate, then quantize and evaluate one combination (or return its finished run)."""
+    validate.check_config(cfg)
+    source = models.resolve(cfg.model, cfg.cache_dir)
+    meta = validate.meta_model(source, cfg.model.trust_remote_code)
+    num_layers = meta.config.get_text_config().num_hidden_layers
+    ignore = recipes.ignore_list(cfg.ignore, cfg.scheme, num_layers)
+    validate.check_group_sizes(meta, cfg.scheme, ignore)
+    del meta
+
+    experiment_id = tracking.setup(cfg.tracking)
+    base_fp = baseline_fingerprint(cfg)
+    fp = point_fingerprint(cfg, base_fp, ignore)
+    if not cfg.force:
+        done = tracking.find_finished(experiment_id, fp)
+        if done is not None:
+            return Outcome(done.info.run_id, "FINISHED", True, done.data.metrics, done.data.params)
+
+    baseline = ensure_baseline(cfg, source, experiment_id, base_fp, parent)
+    return _run_point(cfg, source, ignore, experiment_id, fp, baseline, parent, sweep_id)
+
+
+def _run_point(
+    cfg: Config,
+    source: str,
+    ignore: list[str],
+    experiment_id: str,
+    fp: str,
+    baseline: Any,
+    parent: str | None,
+    sweep_id: str | None,
+) -> Outcome:
+    import mlflow
+
+    start = time.perf_counter()
+    scheme = cfg.scheme
+    group = scheme.group_size if scheme.group_size is not None else "preset"
+    name = f"{cfg.model.name}/{scheme.name}/{scheme.algorithm}/g{group}/{cfg.ignore.name}"
+    extra = {
+        tracking.BASELINE_FINGERPRINT: baseline.data.tags[tracking.FINGERPRINT],
+        tracking.BASELINE_RUN: baseline.info.run_id,
+    }
+    if sweep_id:
+        extra[tracking.SWEEP_ID] = sweep_id
+    params = tracking.flatten(as_dict(cfg))
+    params |= {
+        "ignore.resolved": ", ".join(ignore) or "(none)",
+        "scheme.needs_calibration": recipes.needs_calibration(scheme),
+        "scheme.weight_bits": recipes.weight_bits(scheme.preset),
+    }
+    metrics: dict[str, Any] = {}
+    tracked = Tracked(experiment_id, name, _tags("point", fp, extra), parent)
+    with tracked:
+        mlflow.log_params(params)
+        checkpoint = Path(cfg.output_dir).expanduser() / cfg.model.name / fp
+        q = quantize(
+            source,
+            recipes.build_recipe(scheme, ignore),
+            checkpoint,
+            cfg.calibration if recipes.needs_calibration(scheme) else None,
+            cfg.seed,
+            cfg.model.trust_remote_code,
+        )
+        mlflow.log_artifact(str(checkpoint / "recipe.yaml"))
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        base = baseline.data.metrics
+        params_count = int(base.get("num_parameters") or footprint.num_parameters(source))
+        metrics |= footprint.footprint(
+            checkpoint, params_count, 1 if scheme.kv_cache_fp8 else 2, base.get("disk_bytes")
+        )
+        metrics |= {
+            "time_load_s": q.seconds_load,
+            "time_calibration_data_s": q.seconds_calibration_data,
+            "time_quantize_s": q.seconds_quantize,
+            "time_save_s": q.seconds_save,
+            "peak_gpu_mem_quantize_gib": None if q.peak_memory_bytes is None else q.peak_memory_bytes / GIB,
+        }
+        tracking.log_metrics(metrics)
+        result = evaluate(str(checkpoint), cfg.eval, cfg.cache_dir, cfg.seed, compressed=True)
+        mlflow.log_dict(result.raw, "lm_eval_results.json")
+        metrics |= _eval_metrics(result)
+        ratio, ratio_err = recovery(
+            result.primary, result.primary_stderr, base["accuracy"], base.get("accuracy_stderr")
+        )
+        if math.isnan(result.primary):
+            raise FloatingPointError(f"{cfg.eval.primary_metric} is NaN for {name}")
+        measured = ratio if cfg.eval.floor_on == "recovery" else result.primary
+        metrics |= {
+            "baseline_accuracy": base["accuracy"],
+            "baseline_accuracy_stderr": base.get("accuracy_stderr"),
+            "recovery": ratio,
+            "recovery_stderr": ratio_err,
+            "floor": cfg.eval.floor,
+            "passed": int(measured >= cfg.eval.floor),
+            "time_total_s": time.perf_counter() - start,
+        }
+        tracking.log_metrics(metrics)
+    kept = {k: v for k, v in metrics.items() if v is not None}
+    return Outcome(tracked.run_id, tracked.status, False, kept, params, tracked.error)

@@ -1,0 +1,133 @@
+"""Pre-flight validation: every bad value gets one ConfigError naming it and the fix, before heavy work.
+
+`check_config` needs nothing but the config (and files' existence); `check_model` needs the model's
+config.json and builds the model on the meta device (no weights) to see every layer a recipe targets.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from quantsweep import calibration, models, recipes
+from quantsweep.config import Config, EvalConfig, SchemeConfig
+from quantsweep.errors import ConfigError
+from quantsweep.evaluate import FILE_TASKS
+
+FLOOR_ON = ("recovery", "accuracy")
+
+
+def check_config(cfg: Config) -> None:
+    check_scheme(cfg.scheme)
+    check_eval(cfg.eval)
+    if recipes.needs_calibration(cfg.scheme):
+        calibration.check(cfg.calibration)
+    models.check_source(cfg.model)
+
+
+def check_scheme(scheme: SchemeConfig) -> None:
+    recipes.check_preset(scheme.preset, "scheme.preset")
+    for target, preset in scheme.layer_overrides.items():
+        if preset != recipes.KEEP:
+            recipes.check_preset(preset, f"scheme.layer_overrides[{target!r}]")
+    if scheme.algorithm.upper() not in recipes.ALGORITHMS:
+        raise ConfigError(
+            f"scheme.algorithm={scheme.algorithm!r} is unknown; choose one of {', '.join(recipes.ALGORITHMS)}"
+        )
+    if scheme.group_size is not None and scheme.group_size < 1:
+        raise ConfigError(f"scheme.group_size={scheme.group_size} must be a positive integer")
+    if scheme.algorithm.upper() == "AWQ":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "scheme.algorithm=AWQ needs a CUDA GPU (llm-compressor's AWQ does not run on CPU); "
+                "use scheme.algorithm=GPTQ or RTN here"
+            )
+    recipes.config_groups(scheme)  # group-size overrides on presets without groups fail here
+
+
+def check_eval(cfg: EvalConfig) -> None:
+    if not 0.0 <= cfg.floor <= 1.0:
+        raise ConfigError(
+            f"eval.floor={cfg.floor} is outside [0, 1]; give a fraction, e.g. eval.floor=0.97 for 97%"
+        )
+    if cfg.floor_on not in FLOOR_ON:
+        raise ConfigError(f"eval.floor_on={cfg.floor_on!r}; choose one of {', '.join(FLOOR_ON)}")
+    if not cfg.tasks:
+        raise ConfigError("eval.tasks is empty; name at least one lm-eval task, e.g. [hellaswag]")
+    if cfg.primary_task is not None and cfg.primary_task not in cfg.tasks:
+        raise ConfigError(f"eval.primary_task={cfg.primary_task!r} is not in eval.tasks={list(cfg.tasks)}")
+    if cfg.limit is not None and cfg.limit <= 0:
+        raise ConfigError(f"eval.limit={cfg.limit} must be positive (a count, or a fraction < 1)")
+    if cfg.num_fewshot is not None and cfg.num_fewshot < 0:
+        raise ConfigError(f"eval.num_fewshot={cfg.num_fewshot} must be 0 or more")
+    if cfg.backend != "hf" and not cfg.python:
+        raise ConfigError(
+            f"eval.backend={cfg.backend!r} runs in a separate Python environment (vLLM pins other "
+            "torch/compressed-tensors versions); set eval.python=/path/to/that/env/bin/python"
+        )
+    if cfg.python and not Path(cfg.python).is_file():
+        raise ConfigError(f"eval.python={cfg.python!r} does not exist; give a Python interpreter's path")
+    for task in cfg.tasks:
+        if task in FILE_TASKS:
+            if not cfg.data_path:
+                raise ConfigError(f"eval.tasks has {task!r}, which reads a local file: set eval.data_path")
+            next(iter(FILE_TASKS[task].read_items(cfg.data_path)), None)
+    _check_task_names([t for t in cfg.tasks if t not in FILE_TASKS])
+
+
+def _check_task_names(tasks: list[str]) -> None:
+    if not tasks:
+        return
+    from lm_eval.tasks import TaskManager
+
+    known = set(TaskManager().all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise ConfigError(
+            f"eval.tasks has {unknown}, unknown to lm-eval; see `lm-eval ls tasks` or use "
+            f"{', '.join(FILE_TASKS)} with eval.data_path"
+        )
+
+
+def meta_model(source: str, trust_remote_code: bool = False) -> Any:
+    """The model's module tree with no storage: every name and shape, at no memory cost."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def check_group_sizes(model: Any, scheme: SchemeConfig, ignore: list[str]) -> None:
+    """Group-wise schemes need each targeted layer's input size divisible by the group size."""
+    from compressed_tensors.utils import match_named_modules
+
+    sizes = recipes.weight_group_sizes(scheme)
+    overrides = [t for t in sizes if t != "Linear"]
+    bad: list[tuple[str, int, int]] = []
+    for target, group in sizes.items():
+        skip = ignore + (overrides if target == "Linear" else [])
+        for name, module in match_named_modules(model, [target], skip):
+            columns = int(module.weight.shape[-1])
+            if columns >= group and columns % group:
+                bad.append((name, columns, group))
+    if bad:
+        name, columns, group = bad[0]
+        sizes_seen = sorted({c for _, c, _ in bad})
+        fits = _largest_dividing_power_of_two(sizes_seen, group)
+        raise ConfigError(
+            f"scheme.group_size={group} does not divide the input size of {len(bad)} targeted layers "
+            f"(e.g. {name}: {columns}); use scheme.group_size={fits}, or add those layers to ignore"
+        )
+
+
+def _largest_dividing_power_of_two(columns: list[int], below: int) -> int:
+    common = math.gcd(*columns)
+    size = 1
+    while size * 2 <= below and common % (size * 2) == 0:
+        size *= 2
+    return size
