@@ -81,6 +81,13 @@ def test_granite_cli_prints_the_seed_figures(capsys):
     assert "ceil(params x bytes / (GPU GB x 1e9)), weights only" in out
 
 
+def test_cli_params_overrides_the_conf_count(capsys):
+    assert main(["model=granite_3.2_8b_instruct", "params=1e10"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters 10,000,000,000 (params=)" in out
+    assert _row(out, "BF16")[2] == "22.4"  # 1e10 x 2 x 1.2 / 2^30
+
+
 def test_kv_dtype_concurrency_and_the_two_gpu_rules():
     shape = _granite_shape()
     bf16 = size_table(shape, context=131_072, concurrency=2, gpu_mem_gb=24, kv_dtype="fp8")[0]
@@ -124,7 +131,9 @@ def test_param_estimate_matches_llama(overrides):
     config = _tiny_llama(**overrides)
     real = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
     assert estimate_num_parameters(config.to_dict()) == real
-    assert ModelShape.from_hf_config(config.to_dict()).num_parameters == real
+    shape = ModelShape.from_hf_config(config.to_dict())
+    assert shape.num_parameters == real
+    assert shape.head_dim == config.head_dim
 
 
 def test_head_dim_and_kv_heads_default_from_attention_heads():

@@ -102,7 +102,7 @@ def estimate_num_parameters(config: dict[str, Any]) -> int:
     hidden = config["hidden_size"]
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = hidden // heads
+    head_dim = config.get("head_dim") or hidden // heads
     embeddings = config["vocab_size"] * hidden
     lm_head = 0 if config.get("tie_word_embeddings", False) else embeddings
     attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
