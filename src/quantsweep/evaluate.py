@@ -109,13 +109,20 @@ def evaluate(
     return EvalResult(metrics, primary, stderr, seconds_load, seconds_eval, peak, raw)
 
 
+def task_manager(cfg: EvalConfig, include: Path | None) -> Any:
+    """lm-eval's TaskManager; indexing its thousands of built-in YAMLs is skipped when no task needs them."""
+    from lm_eval.tasks import TaskManager
+
+    builtin = any(task not in FILE_TASKS for task in cfg.tasks)
+    return TaskManager(include_path=str(include) if include else None, include_defaults=builtin)
+
+
 def _evaluate_in_process(
     checkpoint: str, cfg: EvalConfig, include: Path | None, seed: int, compressed: bool
 ) -> tuple[dict[str, Any], float, float, int | None]:
     import lm_eval
     import torch
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM, AutoTokenizer, CompressedTensorsConfig
 
     device = accelerator() if cfg.device == "auto" else cfg.device
@@ -141,7 +148,7 @@ def _evaluate_in_process(
             tasks=list(cfg.tasks),
             num_fewshot=cfg.num_fewshot,
             limit=_limit(cfg),
-            task_manager=TaskManager(include_path=str(include) if include else None),
+            task_manager=task_manager(cfg, include),
             log_samples=False,
             random_seed=seed,
             numpy_random_seed=seed,

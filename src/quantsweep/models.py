@@ -57,6 +57,7 @@ def check_source(model: ModelConfig) -> None:
                 f"model.source={model.source!r}: no config.json there; point model.source at a "
                 "directory saved with save_pretrained, or use a hub id"
             )
+        check_checkpoint(path, "model.source")
         return
     if _hub_offline() and not _in_hub_cache(model.source, model.revision):
         raise ConfigError(
@@ -64,6 +65,27 @@ def check_source(model: ModelConfig) -> None:
             "is not in the local hub cache; download it on a connected machine or set "
             "model.source to a local directory"
         )
+
+
+def check_checkpoint(path: Path, where: str) -> None:
+    """A checkpoint whose config or safetensors headers can't be read is reported before it is loaded."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        json.loads((path / "config.json").read_text())
+        weights = sorted(path.glob("*.safetensors"))
+        if not weights:
+            raise ValueError("no *.safetensors weight files")
+        for file in weights:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+    except Exception as exc:  # json, safetensors and OS errors all mean the same thing here
+        raise ConfigError(
+            f"{where}={str(path)!r} is not a readable checkpoint ({type(exc).__name__}: {exc}); "
+            "re-save it with save_pretrained or point at another directory"
+        ) from exc
 
 
 def _hub_offline() -> bool:

@@ -262,17 +262,18 @@ def _run_point(
         }
         tracking.log_metrics(metrics)
         result = evaluate(str(checkpoint), cfg.eval, cfg.cache_dir, cfg.seed, compressed=True)
+        # The baseline's score on this run's primary metric (its `accuracy` may be another metric's).
+        key = f"{cfg.eval.primary_task or cfg.eval.tasks[0]}.{cfg.eval.primary_metric}"
+        base_acc, base_err = base[tracking.metric_name(key)], base.get(tracking.metric_name(key + "_stderr"))
         mlflow.log_dict(result.raw, "lm_eval_results.json")
         metrics |= _eval_metrics(result)
-        ratio, ratio_err = recovery(
-            result.primary, result.primary_stderr, base["accuracy"], base.get("accuracy_stderr")
-        )
+        ratio, ratio_err = recovery(result.primary, result.primary_stderr, base_acc, base_err)
         if math.isnan(result.primary):
             raise FloatingPointError(f"{cfg.eval.primary_metric} is NaN for {name}")
         measured = ratio if cfg.eval.floor_on == "recovery" else result.primary
         metrics |= {
-            "baseline_accuracy": base["accuracy"],
-            "baseline_accuracy_stderr": base.get("accuracy_stderr"),
+            "baseline_accuracy": base_acc,
+            "baseline_accuracy_stderr": base_err,
             "recovery": ratio,
             "recovery_stderr": ratio_err,
             "floor": cfg.eval.floor,

@@ -1,0 +1,121 @@
+"""Bad input: one ConfigError naming the value and the fix, raised before any model work or MLflow run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from hydra.errors import ConfigCompositionException
+
+from quantsweep import pipeline
+from quantsweep.errors import ConfigError
+
+
+def assert_rejected(cfg, *fragments: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        pipeline.run(cfg)
+    message = str(err.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    store = Path(cfg.tracking.uri.removeprefix("sqlite:///"))
+    assert not store.exists(), "validation must happen before the tracking store is touched"
+
+
+def test_group_size_that_does_not_divide_a_layer(make_cfg):
+    # the W4A16 preset's group of 128 vs the tiny model's hidden size 192 (SmolLM2: 576)
+    assert_rejected(make_cfg("scheme=W4A16"), "scheme.group_size=128", "192", "scheme.group_size=64")
+
+
+def test_group_size_on_a_preset_without_groups(make_cfg):
+    assert_rejected(
+        make_cfg("scheme=FP8_dynamic", "scheme.group_size=64"), "scheme.group_size=64", "FP8_DYNAMIC"
+    )
+
+
+def test_unknown_preset(make_cfg):
+    assert_rejected(make_cfg("scheme.preset=W5A5"), "scheme.preset='W5A5'", "W4A16")
+
+
+def test_unknown_scheme_and_model_names_fail_at_composition(make_cfg):
+    with pytest.raises(ConfigCompositionException, match="W5A5"):
+        make_cfg("scheme=W5A5")
+    with pytest.raises(ConfigCompositionException, match="gpt5"):
+        make_cfg("model=gpt5")
+
+
+def test_unknown_algorithm(make_cfg):
+    assert_rejected(make_cfg("scheme.algorithm=SPARSEGPT"), "scheme.algorithm='SPARSEGPT'", "GPTQ")
+
+
+@pytest.mark.parametrize("floor", ["1.5", "-0.1"])
+def test_floor_outside_unit_interval(make_cfg, floor):
+    assert_rejected(make_cfg(f"eval.floor={floor}"), f"eval.floor={float(floor)}", "0.97")
+
+
+def test_missing_model_path(make_cfg, tmp_path):
+    assert_rejected(make_cfg(f"model.source={tmp_path}/nowhere"), "nowhere", "config.json")
+
+
+def test_corrupt_checkpoint(make_cfg, tiny_model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert_rejected(make_cfg(f"model.source={broken}"), "not a readable checkpoint", "re-save")
+
+
+def test_hub_id_without_hub_or_cache(make_cfg, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert_rejected(
+        make_cfg("model.source=no-such-org/no-such-model"), "no-such-org/no-such-model", "local directory"
+    )
+
+
+def test_missing_eval_file(make_cfg, tmp_path):
+    assert_rejected(make_cfg(f"eval.data_path={tmp_path}/none.jsonl"), "none.jsonl", "eval.data_path")
+
+
+def test_missing_calibration_file_for_a_scheme_that_needs_data(make_cfg, tmp_path):
+    cfg = make_cfg("scheme=W4A16_GPTQ", "scheme.group_size=64", f"calibration.dataset={tmp_path}/c.txt")
+    assert_rejected(cfg, "calibration.dataset=", "c.txt")
+
+
+def test_unknown_lm_eval_task(make_cfg):
+    assert_rejected(make_cfg("eval.tasks=[hellaswag_file,no_such_task]"), "no_such_task", "lm-eval ls tasks")
+
+
+def test_vllm_backend_needs_its_own_environment(make_cfg):
+    assert_rejected(make_cfg("eval.backend=vllm"), "eval.backend='vllm'", "eval.python=")
+
+
+def test_awq_needs_a_gpu(make_cfg):
+    assert_rejected(make_cfg("scheme=W4A16_AWQ", "scheme.group_size=64"), "AWQ", "GPTQ")
+
+
+def test_cli_reports_one_line_and_exit_code_2(tiny_model, task_file, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "model=custom",
+            f"model.source={tiny_model}",
+            "scheme=W4A16",
+            f"eval.data_path={task_file}",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        ],  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"HYDRA_FULL_ERROR": "0"},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("quantsweep: error: scheme.group_size=128")
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
