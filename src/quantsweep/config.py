@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+from quantsweep.devices import gpu_count
 
 
 @dataclass
@@ -125,8 +127,9 @@ class Config:
 
 
 def register() -> None:
-    """Make the schema available to `defaults:` lists; idempotent."""
+    """Make the schema available to `defaults:` lists and `${quantsweep_gpus:}` to configs; idempotent."""
     ConfigStore.instance().store(name="quantsweep_schema", node=Config)
+    OmegaConf.register_new_resolver("quantsweep_gpus", lambda: max(1, gpu_count()), replace=True)
 
 
 register()

@@ -2,10 +2,50 @@
 
 from __future__ import annotations
 
+import fcntl
 import gc
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+# Set by the sweeper when its launcher runs points in parallel worker processes: the number of GPUs.
+ENV_GPUS = "QUANTSWEEP_PARALLEL_GPUS"
+_claimed: IO | None = None
+
+
+def gpu_count() -> int:
+    """GPUs on this host (0 on CPU): the sweep launcher's number of parallel workers."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def claim_gpu(cache_dir: str) -> int | None:
+    """In a parallel sweep worker, hold one free GPU for the worker's lifetime (one point per GPU).
+
+    An exclusive lock per GPU, taken before this process touches CUDA, pins it with CUDA_VISIBLE_DEVICES;
+    the lock goes with the process, so a crashed worker frees its GPU.
+    """
+    global _claimed
+    count = int(os.environ.get(ENV_GPUS, "0"))
+    if count < 2 or _claimed is not None:
+        return None
+    locks = Path(cache_dir).expanduser() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        handle = (locks / f"gpu-{index}.lock").open("w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _claimed = handle
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+        return index
+    raise RuntimeError(f"all {count} GPUs are held by other quantsweep workers")
 
 
 def accelerator() -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from omegaconf import OmegaConf
 
 from quantsweep import devices, footprint, models, recipes, tracking, validate
@@ -34,6 +35,12 @@ class Outcome:
     metrics: dict[str, float]
     params: dict[str, Any]
     error: str | None = None
+
+
+def run_name(cfg: Config) -> str:
+    scheme = cfg.scheme
+    group = scheme.group_size if scheme.group_size is not None else "preset"
+    return f"{cfg.model.name}/{scheme.name}/{scheme.algorithm}/g{group}/{cfg.ignore.name}"
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:
@@ -158,11 +165,21 @@ class Tracked:
 
 def ensure_baseline(cfg: Config, source: str, experiment_id: str, fp: str, parent: str | None) -> Any:
     """The FINISHED baseline run for this fingerprint; evaluates the unquantized model only if none exists."""
-    import mlflow
-
     found = tracking.find_finished(experiment_id, fp)
     if found is not None:
         return found
+    # Parallel sweep workers wanting the same baseline: the first evaluates it, the others then reuse it.
+    with FileLock(Path(cfg.cache_dir).expanduser() / "locks" / f"baseline-{fp}.lock"):
+        found = tracking.find_finished(experiment_id, fp)
+        if found is not None:
+            return found
+        tracking.kill_stale(experiment_id, fp)
+        return _evaluate_baseline(cfg, source, experiment_id, fp, parent)
+
+
+def _evaluate_baseline(cfg: Config, source: str, experiment_id: str, fp: str, parent: str | None) -> Any:
+    import mlflow
+
     start = time.perf_counter()
     name = f"{cfg.model.name}/baseline"
     with Tracked(experiment_id, name, _tags("baseline", fp, {}), parent) as tracked:
@@ -201,6 +218,7 @@ def run(cfg: Config, parent: str | None = None, sweep_id: str | None = None) -> 
         if done is not None:
             return Outcome(done.info.run_id, "FINISHED", True, done.data.metrics, done.data.params)
 
+    tracking.kill_stale(experiment_id, fp)
     baseline = ensure_baseline(cfg, source, experiment_id, base_fp, parent)
     return _run_point(cfg, source, ignore, experiment_id, fp, baseline, parent, sweep_id)
 
@@ -219,8 +237,7 @@ def _run_point(
 
     start = time.perf_counter()
     scheme = cfg.scheme
-    group = scheme.group_size if scheme.group_size is not None else "preset"
-    name = f"{cfg.model.name}/{scheme.name}/{scheme.algorithm}/g{group}/{cfg.ignore.name}"
+    name = run_name(cfg)
     extra = {
         tracking.BASELINE_FINGERPRINT: baseline.data.tags[tracking.FINGERPRINT],
         tracking.BASELINE_RUN: baseline.info.run_id,
@@ -283,3 +300,19 @@ def _run_point(
         tracking.log_metrics(metrics)
     kept = {k: v for k, v in metrics.items() if v is not None}
     return Outcome(tracked.run_id, tracked.status, False, kept, params, tracked.error)
+
+
+def record_failure(cfg: Config, exc: Exception, parent: str | None, sweep_id: str | None) -> str | None:
+    """Log a point that failed before its run started (bad value, baseline failure) as a FAILED run."""
+    import mlflow
+
+    try:
+        experiment_id = tracking.setup(cfg.tracking)
+    except Exception:  # the store itself is unusable: the sweeper still reports the error
+        return None
+    extra = {tracking.SWEEP_ID: sweep_id} if sweep_id else {}
+    tracked = Tracked(experiment_id, run_name(cfg), _tags("point", "", extra), parent)
+    with tracked:
+        mlflow.log_params(tracking.flatten(as_dict(cfg)))
+        raise exc
+    return tracked.run_id

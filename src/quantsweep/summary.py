@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from quantsweep.pipeline import Outcome
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from quantsweep.sweep import PointReport
 
 COLUMNS = ("point", "status", "GiB", "accuracy", "recovery", "pass")
 
@@ -14,18 +17,21 @@ def _pm(value: float | None, err: float | None, scale: float = 1.0, digits: int 
     return text if err is None else f"{text} ± {err * scale:.{digits}f}"
 
 
-def row(name: str, outcome: Outcome) -> dict[str, str]:
-    m = outcome.metrics
+def point_row(name: str, status: str, reused: bool, m: dict[str, float]) -> dict[str, str]:
     passed = m.get("passed")
     return {
         "point": name,
-        "status": outcome.status + (" (reused)" if outcome.reused else ""),
+        "status": status + (" (reused)" if reused else ""),
         "GiB": f"{m['disk_gib']:.3f}" if "disk_gib" in m else "-",
         "accuracy": _pm(m.get("accuracy"), m.get("accuracy_stderr")),
         "recovery": _pm(m.get("recovery"), m.get("recovery_stderr"), 100, 1)
         + ("%" if "recovery" in m else ""),
         "pass": "-" if passed is None else ("yes" if passed else "no"),
     }
+
+
+def report_row(report: PointReport) -> dict[str, str]:
+    return point_row(report.name, report.status, report.reused, report.metrics)
 
 
 def baseline_row(name: str, metrics: dict[str, float]) -> dict[str, str]:
@@ -40,7 +46,7 @@ def baseline_row(name: str, metrics: dict[str, float]) -> dict[str, str]:
 
 
 def format_table(rows: list[dict[str, str]]) -> str:
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in COLUMNS}
+    widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in COLUMNS}
     lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS)]
     lines.append("  ".join("-" * widths[c] for c in COLUMNS))
     lines += ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS) for r in rows]

@@ -72,6 +72,18 @@ def find_finished(experiment_id: str, fp: str) -> Any | None:
     return runs[0] if runs else None
 
 
+def kill_stale(experiment_id: str, fp: str) -> None:
+    """Runs of this fingerprint still RUNNING belong to a process that died (kill -9, power loss)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    stale = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{FINGERPRINT}` = '{fp}' and attributes.status = 'RUNNING'"
+    )
+    for run in stale:
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
 _BAD = re.compile(r"[^0-9A-Za-z_\-. /]")
 
 

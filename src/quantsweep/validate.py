@@ -113,7 +113,7 @@ def check_group_sizes(model: Any, scheme: SchemeConfig, ignore: list[str]) -> No
         skip = ignore + (overrides if target == "Linear" else [])
         for name, module in match_named_modules(model, [target], skip):
             columns = int(module.weight.shape[-1])
-            if columns >= group and columns % group:
+            if columns % group:
                 bad.append((name, columns, group))
     if bad:
         name, columns, group = bad[0]

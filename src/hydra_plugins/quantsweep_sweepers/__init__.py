@@ -1,0 +1,17 @@
+"""Hydra sweepers shipped with quantsweep, found by Hydra's plugin scan of the `hydra_plugins` namespace.
+
+Hydra instantiates plugins only from this package; the behaviour lives in `quantsweep.grid_sweeper`.
+"""
+
+from hydra.core.config_store import ConfigStore
+
+from quantsweep.grid_sweeper import GridSweeperConf, QuantsweepGridSweeper
+
+
+class GridSweeper(QuantsweepGridSweeper):
+    """`hydra/sweeper=quantsweep_grid`."""
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="quantsweep_grid", node=GridSweeperConf, provider="quantsweep"
+)
