@@ -71,6 +71,8 @@ def test_points_are_children_of_one_parent_with_the_summary(swept):
     summary = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/summary.txt")
     assert "custom baseline" in summary and "W8A8" in summary and "FAILED" in summary
     assert "[3/3] FINISHED" in first.stdout and "ETA" in first.stdout
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "leaderboard")}
+    assert {"leaderboard/leaderboard.html", "leaderboard/leaderboard.csv"} <= logged
 
 
 def test_baseline_evaluated_once(swept):

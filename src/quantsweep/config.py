@@ -113,6 +113,30 @@ class TrackingConfig:
 
 
 @dataclass
+class SearchConfig:
+    """`hydra/sweeper=quantsweep_optuna`: the smallest configuration whose accuracy clears a floor."""
+
+    # Feasible when the lower confidence bound of recovery (or accuracy, floor_on=accuracy) is >= floor.
+    floor: float = 0.97
+    floor_on: str = "recovery"
+    # One-sided confidence of that bound: 0.9 -> z = 1.2816; 0.5 judges the point estimate alone.
+    confidence: float = 0.9
+    # What "smallest" means: disk_bytes | weights_vram | gpus (GPUs of gpu_mem_gb for the weights vRAM).
+    objective: str = "disk_bytes"
+    gpu_mem_gb: float = 80.0
+    # Items per task for the first, cheap evaluation; null evaluates every trial at eval.limit only.
+    low_fidelity_limit: int | None = 50
+    # Trials in the study, counted across resumptions.
+    n_trials: int = 30
+    # tpe | grid (every combination, once).
+    sampler: str = "tpe"
+    seed: int = 0
+    # Any SQLAlchemy URL; the study is resumed from it (load_if_exists).
+    storage: str = "sqlite:///mlruns/optuna.db"
+    study_name: str = "quantsweep"
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     scheme: SchemeConfig = MISSING
@@ -120,6 +144,7 @@ class Config:
     calibration: CalibrationConfig = MISSING
     eval: EvalConfig = MISSING
     tracking: TrackingConfig = MISSING
+    search: SearchConfig = field(default_factory=SearchConfig)
     output_dir: str = "outputs/checkpoints"
     cache_dir: str = "~/.cache/quantsweep"
     force: bool = False

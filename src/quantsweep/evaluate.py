@@ -38,6 +38,8 @@ class EvalResult:
     seconds_eval: float
     peak_memory_bytes: int | None
     raw: dict[str, Any] = field(repr=False)
+    # Token positions the model ran forward over (padding included): the work behind seconds_eval.
+    tokens: int | None = None
 
 
 def shipped_tasks() -> list[str]:
@@ -98,15 +100,16 @@ def evaluate(
     include = include_dir(cfg, cache_dir)
     if cfg.python:
         raw, seconds_load, seconds_eval, peak = _evaluate_subprocess(checkpoint, cfg, include, seed)
+        tokens = None
     else:
-        raw, seconds_load, seconds_eval, peak = _evaluate_in_process(
+        raw, seconds_load, seconds_eval, peak, tokens = _evaluate_in_process(
             checkpoint, cfg, include, seed, compressed
         )
     metrics = clean_metrics(raw)
     task = cfg.primary_task or cfg.tasks[0]
     primary = metrics[task][cfg.primary_metric]
     stderr = metrics[task].get(f"{cfg.primary_metric}_stderr")
-    return EvalResult(metrics, primary, stderr, seconds_load, seconds_eval, peak, raw)
+    return EvalResult(metrics, primary, stderr, seconds_load, seconds_eval, peak, raw, tokens)
 
 
 def task_manager(cfg: EvalConfig, include: Path | None) -> Any:
@@ -119,7 +122,7 @@ def task_manager(cfg: EvalConfig, include: Path | None) -> Any:
 
 def _evaluate_in_process(
     checkpoint: str, cfg: EvalConfig, include: Path | None, seed: int, compressed: bool
-) -> tuple[dict[str, Any], float, float, int | None]:
+) -> tuple[dict[str, Any], float, float, int | None, int]:
     import lm_eval
     import torch
     from lm_eval.models.huggingface import HFLM
@@ -143,6 +146,11 @@ def _evaluate_in_process(
             softmax_dtype="float32",
         )
         loaded = time.perf_counter()
+        tokens = [0]
+        hook = model.register_forward_pre_hook(
+            lambda _module, args, kwargs: tokens.__setitem__(0, tokens[0] + _positions(args, kwargs)),
+            with_kwargs=True,
+        )
         raw = lm_eval.simple_evaluate(
             model=lm,
             tasks=list(cfg.tasks),
@@ -156,8 +164,14 @@ def _evaluate_in_process(
             fewshot_random_seed=seed,
         )
         done = time.perf_counter()
+        hook.remove()
     del lm, model
-    return _jsonable(raw), loaded - start, done - loaded, peak.bytes
+    return _jsonable(raw), loaded - start, done - loaded, peak.bytes, tokens[0]
+
+
+def _positions(args: tuple, kwargs: dict[str, Any]) -> int:
+    ids = args[0] if args else kwargs.get("input_ids")
+    return int(ids.numel()) if ids is not None else 0
 
 
 def _evaluate_subprocess(

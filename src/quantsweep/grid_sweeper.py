@@ -69,6 +69,8 @@ class QuantsweepGridSweeper(BasicSweeper):
             sweep.kill_parent(parent)
             raise
         reports = [self._report(job, result) for job, result in zip(jobs, results, strict=True)]
+        if any(r.status == "FINISHED" for r in reports):
+            sweep.log_leaderboard(parent, self.config.tracking, sweep_id)
         print(sweep.close_parent(parent, reports), flush=True)
         failed = [r for r in reports if r.status != "FINISHED"]
         if failed:

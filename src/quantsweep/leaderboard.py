@@ -69,8 +69,8 @@ TIE_RULE = (
     "their combined standard error: statistically tied"
 )
 PARETO_RULE = (
-    "Pareto ✓: no other row of the same model is both at most as large on disk and at least as accurate, "
-    "and strictly better in one"
+    "Pareto ✓: no other row of the same model (same baseline) is both no larger on disk and no less "
+    "accurate, and strictly better in one"
 )
 RECOVERY_RULE = "recovery = accuracy / baseline accuracy, ± both stderrs propagated to first order"
 
@@ -126,7 +126,7 @@ def _runs(
     frames = [f for f in frames if not f.empty]
     have = {run for f in frames for run in f["run_id"]}
     used = {run for f in frames for run in f.get(f"tags.{tracking.BASELINE_RUN}", pd.Series()).dropna()}
-    if False:
+    if used - have:
         ids = ", ".join(_quoted(i) for i in sorted(used - have))
         frames.append(_search(experiment_id, [role + "'baseline'", f"attributes.run_id IN ({ids})"]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -170,7 +170,7 @@ def _row(run: dict[str, Any]) -> dict[str, Any]:
             "scheme": "baseline",
             "compression": 1.0,
             "baseline_accuracy": row["accuracy"],
-            "recovery_pct": math.nan,
+            "recovery_pct": math.nan if math.isnan(row["accuracy"]) else 100.0,
             "recovery_pct_stderr": math.nan,
             "floor": math.nan,
             "passed": pd.NA,
@@ -283,7 +283,7 @@ def collect(
         )
     df = pd.DataFrame([_row(run) for run in runs.to_dict("records")]).reindex(columns=COLUMNS)
     df["passed"] = df["passed"].astype("boolean")
-    df = df.sort_values(["model", "accuracy", "disk_gib"], ascending=[True, True, False], ignore_index=True)
+    df = df.sort_values(["model", "disk_gib", "accuracy"], ascending=[True, True, False], ignore_index=True)
     df["pareto"] = pareto_flags(df)
     df["tied_with"] = ties(df)
     return with_gpus(df, gpu_mem_gb)
@@ -429,7 +429,8 @@ def export(
     """Write leaderboard.<format> for each format, and always the plot (accuracy_vs_size.png/.svg).
 
     `gpu_mem_gb` recomputes the GPU column for that card; `floor` (when given) re-judges pass/fail
-    against it instead of each run's logged floor. Returns {format or "png"/"svg": path}.
+    against it instead of each run's logged floor. In the CSV, tied_with is space-separated run ids.
+    Returns {format or "png"/"svg": path}.
     """
     from quantsweep import plots
 
@@ -467,7 +468,7 @@ def log_to_run(run_id: str, out_dir: str | Path, tracking_uri: str | None = None
         raise ValueError(f"{out_dir} holds no exported leaderboard: run export() first")
     client = MlflowClient(tracking_uri)
     for path in files:
-        client.log_artifact(run_id, str(path))
+        client.log_artifact(run_id, str(path), "leaderboard")
     return [f"leaderboard/{p.name}" for p in files]
 
 

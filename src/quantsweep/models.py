@@ -108,7 +108,15 @@ def resolve(model: ModelConfig, cache_dir: str | Path) -> str:
         return str(materialise_gguf(model, Path(cache_dir).expanduser()))
     if looks_local(model.source):
         return str(Path(model.source).expanduser().resolve())
-    return model.source
+    return download(model)
+
+
+def download(model: ModelConfig) -> str:
+    """A hub model's local snapshot (weights, configs, tokenizer): measured on disk like a local one."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py"]
+    return snapshot_download(model.source, revision=model.revision, allow_patterns=patterns)
 
 
 def materialise_gguf(model: ModelConfig, cache_dir: Path) -> Path:

@@ -85,7 +85,8 @@ def point_fingerprint(cfg: Config, baseline_fp: str, ignore: list[str]) -> str:
     )
 
 
-def _eval_metrics(result: EvalResult) -> dict[str, float | None]:
+def _eval_metrics(result: EvalResult, params: int | None) -> dict[str, float | None]:
+    """Task metrics, the primary metric, eval timings and throughput (2 x params FLOPs per token)."""
     metrics: dict[str, float | None] = {
         f"{task}.{name}": value for task, values in result.metrics.items() for name, value in values.items()
     }
@@ -95,7 +96,10 @@ def _eval_metrics(result: EvalResult) -> dict[str, float | None]:
         "time_eval_load_s": result.seconds_load,
         "time_eval_s": result.seconds_eval,
         "peak_gpu_mem_eval_gib": None if result.peak_memory_bytes is None else result.peak_memory_bytes / GIB,
+        "eval_tokens": result.tokens,
     }
+    if result.tokens and params and result.seconds_eval > 0:
+        metrics["eval_tflops"] = 2 * params * result.tokens / result.seconds_eval / 1e12
     return metrics
 
 
@@ -187,8 +191,8 @@ def _evaluate_baseline(cfg: Config, source: str, experiment_id: str, fp: str, pa
         params |= {"eval." + k: v for k, v in tracking.flatten(as_dict(cfg)["eval"]).items()}
         mlflow.log_params(params | {"scheme.name": "baseline"})
         result = evaluate(source, cfg.eval, cfg.cache_dir, cfg.seed, compressed=False)
-        params_count = footprint.num_parameters(source) if Path(source).is_dir() else None
-        metrics = _eval_metrics(result)
+        params_count = footprint.num_parameters(source)
+        metrics = _eval_metrics(result, params_count)
         if params_count:
             kv_bytes = 2
             metrics |= footprint.footprint(source, params_count, kv_bytes)
@@ -283,7 +287,7 @@ def _run_point(
         key = f"{cfg.eval.primary_task or cfg.eval.tasks[0]}.{cfg.eval.primary_metric}"
         base_acc, base_err = base[tracking.metric_name(key)], base.get(tracking.metric_name(key + "_stderr"))
         mlflow.log_dict(result.raw, "lm_eval_results.json")
-        metrics |= _eval_metrics(result)
+        metrics |= _eval_metrics(result, params_count)
         ratio, ratio_err = recovery(result.primary, result.primary_stderr, base_acc, base_err)
         if math.isnan(result.primary):
             raise FloatingPointError(f"{cfg.eval.primary_metric} is NaN for {name}")

@@ -108,6 +108,18 @@ def kill_parent(run_id: str) -> None:
     _clear_env()
 
 
+def log_leaderboard(run_id: str, tracking_cfg: TrackingConfig, sweep_id: str) -> None:
+    """The sweep's leaderboard (its points and their baselines), as files on the parent run."""
+    import tempfile
+
+    from quantsweep import leaderboard
+
+    table = leaderboard.collect(tracking_cfg.uri, tracking_cfg.experiment, sweep_id=sweep_id)
+    with tempfile.TemporaryDirectory() as out:
+        leaderboard.export(table, out)
+        leaderboard.log_to_run(run_id, out)
+
+
 def close_parent(run_id: str, reports: list[PointReport]) -> str:
     """Log the sweep's summary table and counts on its parent run; returns the printed table."""
     from mlflow import MlflowClient

@@ -1,0 +1,163 @@
+"""GPU benchmark: a real quantsweep sweep through run.py against the seed's manual workflow, same host.
+
+On the GPU host (no network; see ../shared/gpu/README.md), from the project root:
+
+    . .gpu/install.sh && python bench/gpu_bench.py --shape tinyllama --stages build,sweep,seed --out $OUT
+
+Models are built there with random weights of real shapes (timing does not depend on the values) and a
+BPE tokenizer trained on the HellaSwag text. Points: W4A16 RTN, W4A16 GPTQ, W8A8, FP8_dynamic, NVFP4;
+HellaSwag 5-shot, 250 items, from the shared file. Writes `<shape>.json` and `<shape>.md` to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".gpu" / "data" / "hellaswag_val_full.txt.bz2"
+WORK = Path("/tmp/qsbench")
+SHAPES = {
+    "tinyllama": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                      num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048),
+    "llama8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                    num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192),
+}  # fmt: skip
+# (quantsweep scheme config, seed's preset, GPTQ?, needs calibration data?)
+POINTS = [
+    ("W4A16", "W4A16", False, False),
+    ("W4A16_GPTQ", "W4A16", True, True),
+    ("W8A8", "W8A8", False, False),
+    ("FP8_dynamic", "FP8_DYNAMIC", False, False),
+    ("NVFP4", "NVFP4", False, True),
+]
+EVAL = ["eval=hellaswag_file", f"eval.data_path={DATA}", "eval.num_fewshot=5", "eval.limit=250"]
+
+
+def build(shape: str) -> Path:
+    """Random bf16 weights of the shape, written like a downloaded checkpoint."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = WORK / "models" / shape
+    if (path / "config.json").exists():
+        return path
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    with bz2.open(DATA, "rt") as f:
+        text = f.read().splitlines()
+    tok.train_from_iterator(
+        text, trainers.BpeTrainer(vocab_size=32000, special_tokens=["<unk>", "<s>", "</s>"])
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
+    config = LlamaConfig(**SHAPES[shape], bos_token_id=1, eos_token_id=2, pad_token_id=2, dtype="bfloat16")
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    del model
+    torch.cuda.empty_cache()
+    return path
+
+
+def timed(cmd: list[str], log: Path) -> float:
+    start = time.perf_counter()
+    with log.open("a") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        print(f"  exit {proc.returncode} after {seconds:.1f}s: {' '.join(cmd[:6])}... (see {log.name})")
+    return seconds
+
+
+def sweep(shape: str, model: Path, out: Path) -> dict:
+    """The real thing: `run.py -m` over the five points; per-point figures read back from MLflow."""
+    import mlflow
+
+    store = WORK / shape / "mlruns"
+    cmd = [
+        sys.executable, "run.py", "-m", "model=custom", f"model.source={model}", f"model.name={shape}",
+        "scheme=" + ",".join(p[0] for p in POINTS), "calibration=hellaswag_file",
+        f"calibration.dataset={DATA}", *EVAL, f"tracking.uri=sqlite:///{store}/mlflow.db",
+        f"tracking.artifact_location={store}/artifacts", f"output_dir={WORK / shape}/checkpoints",
+        f"cache_dir={WORK}/cache", f"hydra.sweep.dir={WORK / shape}/multirun",
+    ]  # fmt: skip
+    seconds = timed(cmd, out / f"{shape}-sweep.log")
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    exp = mlflow.get_experiment_by_name("quantsweep")
+    rows = []
+    for run in mlflow.search_runs([exp.experiment_id], output_format="list"):
+        m, tags = run.data.metrics, run.data.tags
+        if tags.get("quantsweep.role") not in ("baseline", "point"):
+            continue
+        rows.append({"run": run.info.run_name, "status": run.info.status, **{k: m[k] for k in sorted(m)}})
+    return {"wall_s": seconds, "runs": rows}
+
+
+def seed_way(shape: str, model: Path, out: Path) -> dict:
+    """One quantize.py process per point, then lm-eval's CLI for the baseline and the quantized model."""
+    from omegaconf import OmegaConf
+
+    from quantsweep.evaluate import include_dir
+
+    cfg = OmegaConf.create({"tasks": ["hellaswag_file"], "data_path": str(DATA)})
+    include = include_dir(cfg, WORK / "cache")
+    log = out / f"{shape}-seed.log"
+    lm_eval = [
+        sys.executable, "-m", "lm_eval", "--model", "hf", "--tasks", "hellaswag_file", "--include_path",
+        str(include), "--num_fewshot", "5", "--limit", "250", "--batch_size", "auto", "--device", "cuda:0",
+    ]  # fmt: skip
+    points, total = [], 0.0
+    for name, preset, gptq, data in POINTS:
+        target = WORK / shape / "seed" / name
+        cmd = [sys.executable, "bench/seed_quantize.py", str(model), str(target), "--scheme", preset]
+        cmd += (["--gptq"] if gptq else []) + (["--calibration", str(DATA)] if data else [])
+        quantize_s = timed(cmd, log)
+        baseline_s = timed([*lm_eval, "--model_args", f"pretrained={model},dtype=bfloat16"], log)
+        quantized_s = timed([*lm_eval, "--model_args", f"pretrained={target},dtype=bfloat16"], log)
+        points.append({"point": name, "quantize_s": quantize_s, "baseline_eval_s": baseline_s,
+                       "quantized_eval_s": quantized_s})  # fmt: skip
+        total += quantize_s + baseline_s + quantized_s
+    return {"wall_s": total, "points": points}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", choices=sorted(SHAPES), required=True)
+    parser.add_argument("--stages", default="build,sweep,seed")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench-out")))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stages = args.stages.split(",")
+    import torch
+
+    result: dict = {"shape": args.shape, "device": torch.cuda.get_device_name(), "date": time.strftime("%F")}
+    start = time.perf_counter()
+    model = build(args.shape)
+    result["build_s"] = time.perf_counter() - start
+    print(f"built {args.shape} in {result['build_s']:.1f}s")
+    if "sweep" in stages:
+        result["sweep"] = sweep(args.shape, model, args.out)
+        print(f"quantsweep sweep: {result['sweep']['wall_s']:.1f}s")
+    if "seed" in stages:
+        result["seed"] = seed_way(args.shape, model, args.out)
+        print(f"seed's way: {result['seed']['wall_s']:.1f}s")
+    (args.out / f"{args.shape}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result)[:6000])
+
+
+if __name__ == "__main__":
+    main()
