@@ -71,19 +71,27 @@ def build(shape: str) -> Path:
     return path
 
 
-def timed(cmd: list[str], log: Path) -> float:
+def timed(cmd: list[str], log: Path, budget_s: float | None = None) -> float:
+    """Wall seconds of one fresh process; past `budget_s` it is stopped (what it logged stays)."""
     start = time.perf_counter()
     with log.open("a") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        print(f"  exit {proc.returncode} after {seconds:.1f}s: {' '.join(cmd[:6])}... (see {log.name})")
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+        try:
+            code = proc.wait(timeout=budget_s)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            code = proc.wait()
+            print(f"  stopped after the {budget_s:.0f}s budget: {' '.join(cmd[:6])}...")
+        seconds = time.perf_counter() - start
+        out.write(f"# {seconds:.2f}s exit {code}\n")
+    if code != 0:
+        print(f"  exit {code} after {seconds:.1f}s: {' '.join(cmd[:6])}... (see {log.name})")
     return seconds
 
 
-def sweep(shape: str, model: Path, out: Path) -> dict:
+def sweep(shape: str, model: Path, out: Path, budget_s: float | None) -> dict:
     """The real thing: `run.py -m` over the five points; per-point figures read back from MLflow."""
     import mlflow
 
@@ -95,7 +103,7 @@ def sweep(shape: str, model: Path, out: Path) -> dict:
         f"tracking.artifact_location={store}/artifacts", f"output_dir={WORK / shape}/checkpoints",
         f"cache_dir={WORK}/cache", f"hydra.sweep.dir={WORK / shape}/multirun",
     ]  # fmt: skip
-    seconds = timed(cmd, out / f"{shape}-sweep.log")
+    seconds = timed(cmd, out / f"{shape}-sweep.log", budget_s)
     mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
     exp = mlflow.get_experiment_by_name("quantsweep")
     rows = []
@@ -107,7 +115,7 @@ def sweep(shape: str, model: Path, out: Path) -> dict:
     return {"wall_s": seconds, "runs": rows}
 
 
-def seed_way(shape: str, model: Path, out: Path) -> dict:
+def seed_way(shape: str, model: Path, out: Path, budget_s: float | None) -> dict:
     """One quantize.py process per point, then lm-eval's CLI for the baseline and the quantized model."""
     from omegaconf import OmegaConf
 
@@ -122,6 +130,8 @@ def seed_way(shape: str, model: Path, out: Path) -> dict:
     ]  # fmt: skip
     points, total = [], 0.0
     for name, preset, gptq, data in POINTS:
+        if budget_s is not None and total > budget_s:
+            break
         target = WORK / shape / "seed" / name
         cmd = [sys.executable, "bench/seed_quantize.py", str(model), str(target), "--scheme", preset]
         cmd += (["--gptq"] if gptq else []) + (["--calibration", str(DATA)] if data else [])
@@ -139,6 +149,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), required=True)
     parser.add_argument("--stages", default="build,sweep,seed")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench-out")))
+    parser.add_argument("--budget-s", type=float, default=None, help="stop the sweep stage after this long")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     stages = args.stages.split(",")
@@ -149,14 +160,12 @@ def main() -> None:
     model = build(args.shape)
     result["build_s"] = time.perf_counter() - start
     print(f"built {args.shape} in {result['build_s']:.1f}s")
-    if "sweep" in stages:
-        result["sweep"] = sweep(args.shape, model, args.out)
-        print(f"quantsweep sweep: {result['sweep']['wall_s']:.1f}s")
-    if "seed" in stages:
-        result["seed"] = seed_way(args.shape, model, args.out)
-        print(f"seed's way: {result['seed']['wall_s']:.1f}s")
-    (args.out / f"{args.shape}.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result)[:6000])
+    for stage, run in (("sweep", sweep), ("seed", seed_way)):
+        if stage in stages:
+            result[stage] = run(args.shape, model, args.out, args.budget_s)
+            print(f"{stage}: {result[stage]['wall_s']:.1f}s", flush=True)
+            # written after each stage, so a run cut off by the time limit still returns what it measured
+            (args.out / f"{args.shape}.json").write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
