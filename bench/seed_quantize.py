@@ -2,7 +2,7 @@
 
     python bench/seed_quantize.py MODEL_DIR OUT_DIR --scheme W4A16 [--gptq] [--calibration FILE]
 
-Evaluation is then lm-eval's CLI, run separately for the baseline and for OUT_DIR (see gpu_bench.py).
+Evaluation is then lm-eval's CLI, run separately for the baseline and for OUT_DIR (see sweep_vs_seed.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=128)
     args = parser.parse_args()
 
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype="auto", device_map="cuda")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype="auto", device_map=device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     modifier = GPTQModifier if args.gptq else QuantizationModifier
     recipe = modifier(targets="Linear", scheme=args.scheme, ignore=["lm_head"])

@@ -1,0 +1,271 @@
+"""Does the Optuna search find the exhaustive grid's answer for less? Run both on one space and compare.
+
+(a) the grid: every configuration, fully evaluated (`run.py -m`, the quantsweep_grid sweeper);
+(b) the study: `sweep=search_smallest` narrowed to the same space, with low-fidelity pruning.
+Each gets its own MLflow store and checkpoint folder under --work, so neither reuses the other's points.
+The grid's best is judged by the search's own rule (lower confidence bound of what the floor is on ≥ floor,
+then smallest on disk), from its MLflow runs.
+
+    .venv/bin/python bench/search_vs_grid.py docs/search_vs_grid.md --limit 100 --num-fewshot 0
+    # smoke test on a small model and space:
+    .venv/bin/python bench/search_vs_grid.py /tmp/b.md --work /tmp/b --schemes W4A16,W8A16 \\
+        --ignores lm_head --layers none --override model=custom --override model.source=/path/to/tiny ...
+
+Prints a Markdown table and writes it to the given path; the logs of both runs are kept under --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from quantsweep import search  # noqa: E402
+from quantsweep.search import TrialRecord  # noqa: E402
+
+STUDY = "bench"
+
+
+@dataclass
+class Side:
+    """One approach's bill and answer."""
+
+    name: str
+    seconds: float
+    exit_code: int
+    quantizations: int
+    full_evaluations: int
+    low_evaluations: int
+    eval_seconds: float
+    failed: int
+    best: str
+    best_bytes: float | None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path, help="Markdown file to write the table to")
+    p.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "search_vs_grid")
+    p.add_argument("--limit", type=int, default=100, help="items per task of a full evaluation")
+    p.add_argument("--num-fewshot", type=int, default=0)
+    p.add_argument("--low-limit", type=int, default=25, help="items of the search's low-fidelity evaluation")
+    p.add_argument("--floor", type=float, default=0.95)
+    p.add_argument("--floor-on", default="recovery", choices=["recovery", "accuracy"])
+    p.add_argument("--confidence", type=float, default=0.5, help="0.5 judges the point estimate")
+    p.add_argument("--n-trials", type=int, default=12, help="configurations the search may evaluate")
+    p.add_argument("--sampler", default="tpe", choices=["tpe", "grid"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--schemes", default="W4A16,W4A16_ASYM,W8A16", help="schemes with weight groups")
+    p.add_argument("--group-sizes", default="32,64")
+    p.add_argument("--ignores", default="lm_head,lm_head_first_last,lm_head_attn")
+    p.add_argument("--layers", default="none,down_proj_w8")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="extra Hydra override for both runs (repeatable), e.g. model=custom",
+    )
+    return p.parse_args(argv)
+
+
+def space(args: argparse.Namespace) -> list[str]:
+    """The swept keys as Hydra overrides; a single value is a fixed setting."""
+    keys = {"scheme": args.schemes, "scheme.group_size": args.group_sizes, "ignore": args.ignores}
+    keys["layers"] = args.layers
+    return [f"{k}={v}" for k, v in keys.items()]
+
+
+def size_of_space(args: argparse.Namespace) -> int:
+    return math.prod(len(v.split(",")) for v in (args.schemes, args.group_sizes, args.ignores, args.layers))
+
+
+def common(args: argparse.Namespace, work: Path) -> list[str]:
+    return [
+        "eval=hellaswag_file",
+        f"eval.limit={args.limit}",
+        f"eval.num_fewshot={args.num_fewshot}",
+        "scheme.algorithm=RTN",
+        f"tracking.uri=sqlite:///{work}/mlruns/mlflow.db",
+        f"tracking.artifact_location={work}/mlruns/artifacts",
+        f"output_dir={work}/checkpoints",
+        f"hydra.sweep.dir={work}/multirun",
+        *args.override,
+    ]
+
+
+def launch(cmd: list[str], log: Path) -> tuple[float, int]:
+    """Run one `run.py -m`, its output to a log file; returns (seconds, exit code)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"search_vs_grid: {' '.join(cmd[1:])}\n  log: {log}", file=sys.stderr, flush=True)
+    env = os.environ | {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    start = time.perf_counter()
+    with log.open("w") as out:
+        code = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+    return time.perf_counter() - start, code
+
+
+def point_runs(work: Path) -> tuple[list[Any], list[Any]]:
+    """(point runs, baseline runs) of the store under `work`."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{work}/mlruns/mlflow.db")
+    exp = mlflow.get_experiment_by_name("quantsweep")
+    runs = mlflow.search_runs([exp.experiment_id], output_format="list") if exp else []
+    role = lambda r: r.data.tags.get("quantsweep.role")  # noqa: E731
+    return [r for r in runs if role(r) == "point"], [r for r in runs if role(r) == "baseline"]
+
+
+def label(params: dict[str, str]) -> str:
+    """A configuration as the runs' params describe it: scheme, group, ignore list, layer overrides (one
+    JSON param, or flattened keys when every target is a plain module name)."""
+    overrides = json.loads(params.get("scheme.layer_overrides", "{}"))
+    overrides |= {
+        k.removeprefix("scheme.layer_overrides."): v for k, v in params.items() if "overrides." in k
+    }
+    text = (
+        f"{params.get('scheme.name')} g{params.get('scheme.group_size')} ignore={params.get('ignore.name')}"
+    )
+    return text + "".join(f" {target}:{preset}" for target, preset in sorted(overrides.items()))
+
+
+def bill(
+    name: str, work: Path, seconds: float, code: int, full_limit: int
+) -> tuple[Side, list[Any], list[Any]]:
+    points, baselines = point_runs(work)
+    quantized = [r for r in points if "time_quantize_s" in r.data.metrics]
+    evaluated = [r for r in [*points, *baselines] if "time_eval_s" in r.data.metrics]
+    evaluated_points = [r for r in points if "time_eval_s" in r.data.metrics]
+    full = [r for r in evaluated_points if float(r.data.params["eval.limit"]) == full_limit]
+    side = Side(
+        name=name,
+        seconds=seconds,
+        exit_code=code,
+        quantizations=len(quantized),
+        full_evaluations=len(full),
+        low_evaluations=len(evaluated_points) - len(full),
+        eval_seconds=sum(r.data.metrics["time_eval_s"] for r in evaluated),
+        failed=len([r for r in points if r.info.status == "FAILED"]),
+        best="-",
+        best_bytes=None,
+    )
+    return side, points, full
+
+
+def grid_best(full: list[Any], args: argparse.Namespace) -> tuple[str, float | None]:
+    """The grid's answer by the search's rule: smallest on disk whose lower bound clears the floor."""
+    z = search.z_value(args.confidence)
+    feasible = []
+    for r in full:
+        if r.info.status != "FINISHED":
+            continue
+        b = search.bound(r.data.metrics, args.floor_on, z)
+        if b is not None and b.lower >= args.floor:
+            feasible.append((r.data.metrics["disk_bytes"], -b.lower, label(r.data.params), r))
+    if not feasible:
+        return "no configuration clears the floor", None
+    size, _, text, _ = min(feasible, key=lambda f: f[:2])
+    return text, size
+
+
+def search_best(work: Path, points: list[Any]) -> tuple[str, float | None]:
+    import optuna
+
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{work}/optuna.db")
+    records = [
+        TrialRecord(**(t.user_attrs[search.RECORD] | {"number": t.number}))
+        for t in study.trials
+        if search.RECORD in t.user_attrs
+    ]
+    top = search.best(records)
+    if top is None:
+        return "no configuration clears the floor", None
+    run = next(r for r in points if r.info.run_id == top.full_run_id)
+    return label(run.data.params), top.disk_bytes
+
+
+def table(grid: Side, study: Side, args: argparse.Namespace, configurations: int) -> str:
+    def gib(b: float | None) -> str:
+        return "-" if b is None else f"{b / 2**30:.4f}"
+
+    rows = [
+        ("best feasible configuration", grid.best, study.best),
+        ("its size on disk (GiB)", gib(grid.best_bytes), gib(study.best_bytes)),
+        ("quantizations", str(grid.quantizations), str(study.quantizations)),
+        (f"full evaluations ({args.limit} items)", str(grid.full_evaluations), str(study.full_evaluations)),
+        (f"low-fidelity evaluations ({args.low_limit} items)", "-", str(study.low_evaluations)),
+        ("failed points", str(grid.failed), str(study.failed)),
+        (
+            "evaluation seconds (MLflow time_eval_s, baselines included)",
+            f"{grid.eval_seconds:.0f}",
+            f"{study.eval_seconds:.0f}",
+        ),
+        ("wall seconds", f"{grid.seconds:.0f}", f"{study.seconds:.0f}"),
+        ("exit code", str(grid.exit_code), str(study.exit_code)),
+    ]
+    ratio = study.eval_seconds / grid.eval_seconds if grid.eval_seconds else math.nan
+    same = grid.best_bytes is not None and grid.best_bytes == study.best_bytes
+    lines = [
+        f"Search vs grid: {configurations} configurations ({args.schemes} × group {args.group_sizes} × "
+        f"{args.ignores} × layers {args.layers}, RTN), eval hellaswag_file {args.num_fewshot}-shot; "
+        f"feasible: {args.floor_on} {args.confidence:.0%} lower bound ≥ {args.floor}; "
+        f"search: {args.sampler}, {args.n_trials} configurations, seed {args.seed}.",
+        "",
+        "| | grid (exhaustive) | search (Optuna) |",
+        "|---|---|---|",
+        *(f"| {a} | {b} | {c} |" for a, b, c in rows),
+        "",
+        f"Evaluation cost ratio search / grid: {ratio:.2f}. The search's answer is "
+        + ("as small as the grid's." if same else "not the grid's."),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = args.work.resolve()
+    configurations = size_of_space(args)
+    py = sys.executable
+    grid_work, search_work = work / "grid", work / "search"
+    seconds, code = launch(
+        [py, "run.py", "-m", *space(args), *common(args, grid_work)], grid_work / "run.log"
+    )
+    grid, _, grid_full = bill("grid", grid_work, seconds, code, args.limit)
+    grid.best, grid.best_bytes = grid_best(grid_full, args)
+
+    settings = [
+        "sweep=search_smallest",
+        f"search.floor={args.floor}",
+        f"search.floor_on={args.floor_on}",
+        f"search.confidence={args.confidence}",
+        f"search.low_fidelity_limit={args.low_limit}",
+        f"search.n_trials={args.n_trials}",
+        f"search.sampler={args.sampler}",
+        f"search.seed={args.seed}",
+        f"search.storage=sqlite:///{search_work}/optuna.db",
+        f"search.study_name={STUDY}",
+    ]
+    seconds, code = launch(
+        [py, "run.py", "-m", *settings, *space(args), *common(args, search_work)], search_work / "run.log"
+    )
+    study, study_points, _ = bill("search", search_work, seconds, code, args.limit)
+    study.best, study.best_bytes = search_best(search_work, study_points)
+
+    text = table(grid, study, args, configurations)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
