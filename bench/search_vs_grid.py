@@ -194,12 +194,12 @@ def search_best(work: Path, points: list[Any]) -> tuple[str, float | None]:
 
 
 def table(grid: Side, study: Side, args: argparse.Namespace, configurations: int) -> str:
-    def gib(b: float | None) -> str:
-        return "-" if b is None else f"{b / 2**30:.4f}"
+    def mib(b: float | None) -> str:
+        return "-" if b is None else f"{b / 2**20:.2f}"
 
     rows = [
         ("best feasible configuration", grid.best, study.best),
-        ("its size on disk (GiB)", gib(grid.best_bytes), gib(study.best_bytes)),
+        ("its size on disk (MiB)", mib(grid.best_bytes), mib(study.best_bytes)),
         ("quantizations", str(grid.quantizations), str(study.quantizations)),
         (f"full evaluations ({args.limit} items)", str(grid.full_evaluations), str(study.full_evaluations)),
         (f"low-fidelity evaluations ({args.low_limit} items)", "-", str(study.low_evaluations)),

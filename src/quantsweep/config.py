@@ -126,7 +126,8 @@ class SearchConfig:
     gpu_mem_gb: float = 80.0
     # Items per task for the first, cheap evaluation; null evaluates every trial at eval.limit only.
     low_fidelity_limit: int | None = 50
-    # Trials in the study, counted across resumptions.
+    # Configurations the study evaluates, across resumptions; a sampled repeat of one is answered from the
+    # study at no cost and not counted.
     n_trials: int = 30
     # tpe | grid (every combination, once).
     sampler: str = "tpe"

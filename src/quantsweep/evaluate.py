@@ -67,10 +67,15 @@ def _limit(cfg: EvalConfig) -> int | float | None:
     return int(cfg.limit) if cfg.limit >= 1 else float(cfg.limit)
 
 
-def _dtype(cfg: EvalConfig, device: str) -> str:
+def eval_device(cfg: EvalConfig) -> str:
+    return accelerator() if cfg.device == "auto" else cfg.device
+
+
+def eval_dtype(cfg: EvalConfig) -> str:
+    """The dtype evaluation runs in: part of what a score means, so part of its fingerprint."""
     if cfg.dtype != "auto":
         return cfg.dtype
-    return "float32" if device == "cpu" else "bfloat16"
+    return "float32" if eval_device(cfg) == "cpu" else "bfloat16"
 
 
 def _batch_size(cfg: EvalConfig, device: str) -> int | str:
@@ -128,8 +133,8 @@ def _evaluate_in_process(
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer, CompressedTensorsConfig
 
-    device = accelerator() if cfg.device == "auto" else cfg.device
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, _dtype(cfg, device))}
+    device = eval_device(cfg)
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, eval_dtype(cfg))}
     if compressed and device == "cpu":
         # Decompress once at load: CPU has no compressed kernels; decompressing per forward is 4-6x slower.
         kwargs["quantization_config"] = CompressedTensorsConfig(run_compressed=False)

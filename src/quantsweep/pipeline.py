@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from quantsweep import devices, footprint, models, recipes, tracking, validate
 from quantsweep.config import Config
-from quantsweep.evaluate import EvalResult, evaluate
+from quantsweep.evaluate import EvalResult, eval_dtype, evaluate
 from quantsweep.hellaswag_file import digest
 from quantsweep.quantize import quantize
 
@@ -56,9 +56,7 @@ def eval_identity(cfg: Config) -> dict[str, Any]:
         "limit": ev.limit,
         "data": digest(ev.data_path) if ev.data_path else None,
         "backend": ev.backend,
-        "dtype": ev.dtype
-        if ev.dtype != "auto"
-        else ("bfloat16" if devices.accelerator() != "cpu" else "float32"),
+        "dtype": eval_dtype(ev),
         "seed": cfg.seed,
         "lm_eval": tracking.package_versions()["lm_eval"],
     }

@@ -9,6 +9,7 @@ called feasible; at low fidelity the upper bound decides whether it can still cl
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import shlex
@@ -85,8 +86,11 @@ class Bound:
     upper: float
 
 
-def bound(metrics: dict[str, float], floor_on: str, z: float) -> Bound:
-    value = metrics[floor_on]
+def bound(metrics: dict[str, float], floor_on: str, z: float) -> Bound | None:
+    """None when the value is undefined (recovery against a baseline that scored 0 on these items)."""
+    value = metrics.get(floor_on)
+    if value is None or not math.isfinite(value):
+        return None
     stderr = metrics.get(f"{floor_on}_stderr") or 0.0
     return Bound(value, stderr, value - z * stderr, value + z * stderr)
 
@@ -109,8 +113,9 @@ def not_smaller(size: float, best: float | None) -> bool:
     return best is not None and size >= best
 
 
+@functools.cache
 def has_groups(preset: str) -> bool:
-    """Whether `scheme.group_size` means anything for this preset (INT8/FP8 channel-wise presets refuse it)."""
+    """Whether `scheme.group_size` applies to this preset (INT8/FP8 channel-wise presets refuse it)."""
     weights = recipes.quant_scheme(preset, ["Linear"]).weights
     return weights is not None and weights.group_size is not None
 
@@ -147,11 +152,12 @@ def parse_space(overrides: Iterable[Any]) -> Space:
         dims.pop(key, None)
         fixed.pop(key, None)
         if not override.is_sweep_override():
-            fixed[key] = f"{key}={override.get_value_element_as_str()}"
+            fixed[key] = override.input_line or f"{key}={override.get_value_element_as_str()}"
             continue
         if not override.is_discrete_sweep():
             raise ConfigError(
-                f"{override.input_line}: the search tries listed values; give them with choice(...) or range(...)"
+                f"{override.input_line}: the search tries listed values; "
+                "list them with choice(...) or range(...)"
             )
         values = list(override.sweep_string_iterator())
         if not values:
@@ -162,7 +168,8 @@ def parse_space(overrides: Iterable[Any]) -> Space:
             dims[key] = values
     if not dims:
         raise ConfigError(
-            "the search space is empty: declare choices in hydra.sweeper.params, e.g. scheme: choice(W4A16,W8A8)"
+            "the search space is empty: declare choices in hydra.sweeper.params, "
+            "e.g. scheme: choice(W4A16,W8A8)"
         )
     return Space(dims, list(fixed.values()))
 
@@ -267,7 +274,7 @@ def table(records: list[TrialRecord], objective: str, floor_on: str, confidence:
         "accuracy",
         "recovery",
         f"{floor_on} {confidence:.0%} lower bound",
-        "items",
+        "evaluation",
         "verdict",
         "MLflow run",
     ]
@@ -323,7 +330,9 @@ def plot(records: list[TrialRecord], objective: str, floor_y: float | None, z: f
                 label=f"{verdict} (± z·stderr)",
             )
     for r in rows:
-        ax.annotate(str(r.number), (r.objective / scale, r.accuracy), xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            str(r.number), (r.objective / scale, r.accuracy), xytext=(4, 4), textcoords="offset points"
+        )
     front = pareto(records)
     if front:
         ax.step(

@@ -92,12 +92,19 @@ def metric_name(name: str) -> str:
     return _BAD.sub("_", name)
 
 
+# What MLflow accepts in a param key.
+_PARAM_KEY = re.compile(r"[0-9A-Za-z_\-. :/]+")
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config → {"a.b": value} params, lists and dicts shown as JSON."""
+    """Nested config → {"a.b": value} params, lists and dicts shown as JSON.
+
+    A dict whose keys MLflow refuses as names (layer_overrides' `re:.*down_proj`) stays one JSON param.
+    """
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict) and value and all(_PARAM_KEY.fullmatch(str(k)) for k in value):
             flat.update(flatten(value, name + "."))
         else:
             flat[name] = json.dumps(value) if isinstance(value, list | dict) else value

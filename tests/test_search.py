@@ -1,0 +1,386 @@
+"""The Optuna search (`sweep=search_smallest`, `hydra/sweeper=quantsweep_optuna`) on the tiny model: real
+Hydra multiruns of run.py against a real Optuna SQLite storage and MLflow store, and its decisions on numbers.
+
+The tiny model's numbers (num_fewshot 0) that the floors below are chosen around: at 4 items every scheme
+scores 0.25 or 0.5 (stderr 0.25-0.29), at 8 items 0.25-0.375 (stderr 0.16-0.18).
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from conftest import ROOT, base_overrides, compose
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from quantsweep import search, tracking
+from quantsweep.config import SearchConfig
+from quantsweep.errors import ConfigError
+from quantsweep.optuna_sweeper import EXIT_NO_FEASIBLE, _fail_stale, _grid_sampler, low_fidelity_verdict
+from quantsweep.search import TrialRecord
+
+# The sweep's space narrowed on the command line: 5 configurations (W8A8 has no weight groups).
+SPACE = [
+    "sweep=search_smallest",
+    "scheme=W4A16,W8A16,W8A8",
+    "scheme.group_size=32,64",
+    "ignore=lm_head",
+    "scheme.algorithm=RTN",
+    "layers=none",
+]
+STUDY = "tiny"
+
+
+def search_cmd(model: Path, task: Path, calib: Path, work: Path, *extra: str) -> list[str]:
+    overrides = [
+        *base_overrides(model, task, calib, work),
+        "eval.limit=8",
+        "eval.num_fewshot=0",
+        f"search.storage=sqlite:///{work}/optuna.db",
+        "search.low_fidelity_limit=4",
+        *SPACE,
+        *extra,
+    ]
+    return [sys.executable, "run.py", "-m", *overrides, f"hydra.sweep.dir={work}/multirun"]
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def point_runs(work: Path) -> list:
+    mlflow.set_tracking_uri(f"sqlite:///{work}/mlruns/mlflow.db")
+    exp = mlflow.get_experiment_by_name("quantsweep")
+    runs = mlflow.search_runs([exp.experiment_id], output_format="list")
+    return [r for r in runs if r.data.tags.get(tracking.ROLE) == "point"]
+
+
+def load(work: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{work}/optuna.db")
+
+
+def trial_view(study: optuna.Study) -> list[tuple]:
+    return [(t.number, t.state, t.params, t.value, t.user_attrs.get(search.RECORD)) for t in study.trials]
+
+
+def line(stdout: str, prefix: str) -> str:
+    return next(x for x in stdout.splitlines() if x.startswith(prefix))
+
+
+@pytest.fixture(scope="module")
+def studied(tiny_model, task_file, calib_file, tmp_path_factory):
+    """A TPE study run with a budget of 3 configurations, resumed with 5 (all of them), then again.
+
+    Feasible: accuracy's 55% lower bound (z = 0.126) >= 0.3; at 4 items a 0.25 ± 0.25 scheme's upper bound
+    0.28 misses the floor and is pruned, a 0.5 ± 0.29 one goes on to 8 items.
+    """
+    work = tmp_path_factory.mktemp("search")
+    settings = [
+        f"search.study_name={STUDY}",
+        "search.floor_on=accuracy",
+        "search.floor=0.3",
+        "search.confidence=0.55",
+    ]
+    cmd = search_cmd(tiny_model, task_file, calib_file, work, *settings)
+    first = run([*cmd, "search.n_trials=3"])
+    after_first = (trial_view(load(work, STUDY)), point_runs(work))
+    second = run([*cmd, "search.n_trials=5"])
+    after_second = (trial_view(load(work, STUDY)), point_runs(work))
+    third = run([*cmd, "search.n_trials=5"])
+    return work, (first, second, third), after_first, after_second
+
+
+def test_best_is_feasible_and_nothing_feasible_is_smaller(studied):
+    work, (_, second, _), _, _ = studied
+    assert second.returncode == 0, second.stderr[-3000:]
+    study = load(work, STUDY)
+    feasible = [
+        t
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE and all(v <= 0 for v in t.constraints.values())
+    ]
+    assert feasible
+    best = line(second.stdout, "best: trial ")
+    number = int(best.split()[2])
+    chosen = study.trials[number]
+    assert chosen in feasible and chosen.constraints["floor"] <= 0
+    assert chosen.value == min(t.value for t in feasible) == study.best_value
+    record = TrialRecord(**chosen.user_attrs[search.RECORD])
+    assert record.verdict == search.FEASIBLE and record.lower >= 0.3
+    # The point estimate and its bound are both reported.
+    assert f"accuracy {record.value:.3f}" in best and f"lower bound {record.lower:.3f}" in best
+    # Every configuration was tried; fully evaluated ones smaller than the best are all infeasible.
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert all(t.constraints["floor"] > 0 for t in complete if t.value < chosen.value)
+
+
+def test_low_fidelity_prunes_below_the_floor_and_the_saving_is_logged(studied):
+    work, (_, second, _), _, _ = studied
+    study = load(work, STUDY)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    for t in pruned:
+        record = t.user_attrs[search.RECORD]
+        assert record["stage"] == "low" and record["full_run_id"] is None
+        if record["verdict"] == search.PRUNED_FLOOR:
+            (upper,) = t.intermediate_values.values()
+            assert upper < 0.3 and upper == pytest.approx(record["upper"])
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    (parent,) = [r for r in runs if r.data.tags.get("mlflow.runName") == f"search/{STUDY}"]
+    saved = sum(t.user_attrs[search.RECORD]["duplicate_of"] is None for t in pruned)
+    assert parent.data.metrics["full_evaluations_saved"] == saved
+    assert f"{saved} full evaluations saved by pruning" in second.stdout
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "search")}
+    assert artifacts == {"search/pareto.md", "search/pareto.png", "search/trials.md", "search/result.txt"}
+    # Every evaluation is a child of the study's parent run, low and full fidelity alike.
+    children = [r for r in point_runs(work) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert {r.data.params["eval.limit"] for r in children} == {"4.0", "8.0"}
+    assert {r.data.tags[tracking.SWEEP_ID] for r in children} == {parent.data.tags[tracking.SWEEP_ID]}
+
+
+def test_resumed_study_keeps_its_trials_and_evaluates_nothing_twice(studied):
+    work, (first, second, third), (trials_1, runs_1), (trials_2, runs_2) = studied
+    assert first.returncode == 0, first.stderr[-3000:]
+    distinct = lambda trials: {str(t[2]) for t in trials if t[4]["duplicate_of"] is None}  # noqa: E731
+    assert all(t[1].is_finished() for t in trials_1) and len(distinct(trials_1)) == 3
+    # The second session continues the study: the first session's trials are untouched.
+    assert trials_2[: len(trials_1)] == trials_1
+    assert len(distinct(trials_2)) == 5
+    # No configuration is evaluated twice at one fidelity, repeats included.
+    fingerprints = [r.data.tags[tracking.FINGERPRINT] for r in runs_2 if r.info.status == "FINISHED"]
+    assert len(fingerprints) == len(set(fingerprints))
+    for _, _, _, _, record in trials_2:
+        if record["duplicate_of"] is not None:
+            original = trials_2[record["duplicate_of"]][4]
+            assert (record["low_run_id"], record["full_run_id"]) == (
+                original["low_run_id"],
+                original["full_run_id"],
+            )
+    # The third session finds the budget spent: no trial, no evaluation, the same report.
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert trial_view(load(work, STUDY)) == trials_2
+    assert sorted(r.info.run_id for r in point_runs(work)) == sorted(r.info.run_id for r in runs_2)
+    assert "start" not in third.stdout
+    assert line(third.stdout, "best: ") == line(second.stdout, "best: ")
+
+
+def test_override_line_reproduces_the_best(studied):
+    work, (_, second, _), _, _ = studied
+    words = shlex.split(line(second.stdout, "reproduce: ").removeprefix("reproduce: "))
+    assert words[:2] == ["python", "run.py"] and "sweep=search_smallest" in words
+    assert not [w for w in words if w.startswith("search.")]
+    proc = run([sys.executable, *words[1:]])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best_run = line(second.stdout, "best: ").split("run ")[-1]
+    assert f"MLflow run {best_run}" in proc.stdout and "(reused)" in proc.stdout
+
+
+def test_a_floor_nothing_clears_is_reported_without_a_best(studied, tiny_model, task_file, calib_file):
+    """Accuracy 1.0 on every item: all trials are pruned at 4 items (upper bound < 1), none is best.
+
+    Over W4A16 with per-layer-group precision (conf/layers), in the first study's store.
+    """
+    work = studied[0]
+    cmd = search_cmd(
+        tiny_model,
+        task_file,
+        calib_file,
+        work,
+        "scheme=W4A16",
+        "scheme.group_size=32",
+        "layers=none,down_proj_w8,attn_w8",
+        "search.study_name=impossible",
+        "search.floor_on=accuracy",
+        "search.floor=1.0",
+        "search.sampler=grid",
+        "search.n_trials=10",
+    )
+    proc = run(cmd)
+    assert proc.returncode == EXIT_NO_FEASIBLE, proc.stderr[-3000:]
+    assert "no configuration clears the floor (accuracy 90% lower bound ≥ 1.0) in " in proc.stdout
+    assert "best: " not in proc.stdout and "reproduce: " not in proc.stdout
+    assert "closest:" in proc.stdout
+    study = load(work, "impossible")
+    evaluated = [t for t in study.trials if t.user_attrs[search.RECORD]["duplicate_of"] is None]
+    assert [t.state for t in evaluated] == [optuna.trial.TrialState.PRUNED] * 3
+    # Each layer group is quantized as its own precision: more bytes than W4A16 alone.
+    sizes = {t.params["layers"]: t.user_attrs[search.RECORD]["objective"] for t in evaluated}
+    assert sizes["none"] < min(sizes["down_proj_w8"], sizes["attn_w8"])
+    assert {t.user_attrs[search.RECORD]["verdict"] for t in study.trials} == {search.PRUNED_FLOOR}
+    assert all(upper < 1.0 for t in evaluated for upper in t.intermediate_values.values())
+    with pytest.raises(ValueError):
+        study.best_trial  # noqa: B018 - Optuna has no best either
+
+
+def test_floor_outside_unit_interval_fails_in_one_line_before_any_work(
+    tiny_model, task_file, calib_file, tmp_path
+):
+    proc = run(search_cmd(tiny_model, task_file, calib_file, tmp_path, "search.floor=1.5"))
+    assert proc.returncode == 2
+    (only,) = proc.stderr.strip().splitlines()
+    assert only.startswith("quantsweep: error: search.floor=1.5 is outside [0, 1]")
+    assert list(tmp_path.iterdir()) == []  # no MLflow store, no Optuna storage, no sweep folder
+
+
+# ---- the parts, on numbers and composed configs -----------------------------------------------------------
+
+
+def test_layers_group_merges_into_scheme_layer_overrides():
+    assert dict(compose([]).scheme.layer_overrides) == {}
+    cfg = compose(["scheme=W4A16", "layers=down_proj_w8"])
+    assert dict(cfg.scheme.layer_overrides) == {"re:.*down_proj": "W8A16"}
+    assert cfg.scheme.preset == "W4A16"
+    assert dict(compose(["layers=attn_w8"]).scheme.layer_overrides) == {r"re:.*self_attn\..*_proj": "W8A8"}
+    assert dict(compose(["layers=mlp_w8"]).scheme.layer_overrides) == {r"re:.*mlp\..*_proj": "W8A8"}
+
+
+def test_search_smallest_selects_the_optuna_sweeper_and_its_space():
+    import quantsweep.config  # noqa: F401
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=["sweep=search_smallest"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_ == "hydra_plugins.quantsweep_sweepers.OptunaSweeper"
+    assert cfg.calibration.name == "hellaswag_file"
+    lines = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+    space = search.parse_space(OverridesParser.create().parse_overrides([*lines, "scheme.algorithm=RTN"]))
+    assert space.fixed == ["scheme.algorithm=RTN"]
+    assert space.dims["scheme.group_size"] == ["32", "64", "128"]
+    presets = {"W4A16": "W4A16", "W4A16_ASYM": "W4A16_ASYM", "W8A16": "W8A16", "W8A8": "W8A8"}
+    presets["FP8_dynamic"] = "FP8_DYNAMIC"
+    configs = space.configurations(lambda p: search.has_groups(presets[p["scheme"]]))
+    # (3 grouped schemes x 3 sizes + 2 channel-wise) x 3 ignore lists x 3 layer groups.
+    assert len(configs) == 11 * 3 * 3
+    assert {"scheme": "W8A8", "ignore": "lm_head", "layers": "none"} in configs
+
+
+def test_space_refuses_continuous_ranges():
+    parser = OverridesParser.create()
+    with pytest.raises(ConfigError, match="choice"):
+        search.parse_space(parser.parse_overrides(["scheme.group_size=interval(32,128)"]))
+    with pytest.raises(ConfigError, match="empty"):
+        search.parse_space(parser.parse_overrides(["scheme=W4A16"]))
+    space = search.parse_space(parser.parse_overrides(["scheme.group_size=range(32,97,32)", "seed=1"]))
+    assert space.dims == {"scheme.group_size": ["32", "64", "96"]} and space.fixed == ["seed=1"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("floor", -0.1, "outside [0, 1]"),
+        ("floor", 1.01, "outside [0, 1]"),
+        ("floor_on", "loss", "floor_on"),
+        ("confidence", 1.0, "confidence"),
+        ("objective", "params", "objective"),
+        ("sampler", "cmaes", "sampler"),
+        ("low_fidelity_limit", 0, "low_fidelity_limit"),
+    ],
+)
+def test_bad_settings_are_refused(key, value, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        search.check(SearchConfig(**{key: value}))
+
+
+def test_confidence_bounds_on_numbers():
+    assert search.z_value(0.9) == pytest.approx(1.2816, abs=1e-4)
+    assert search.z_value(0.5) == 0
+    b = search.bound({"recovery": 0.98, "recovery_stderr": 0.01}, "recovery", search.z_value(0.9))
+    assert (b.lower, b.upper) == pytest.approx((0.98 - 0.012816, 0.98 + 0.012816), abs=1e-6)
+    # 0.98 clears 0.97, but its 90% lower bound 0.967 does not: infeasible (constraint > 0).
+    assert search.constraint(b.lower, 0.97) > 0
+    assert search.constraint(b.lower, 0.96) <= 0
+    assert search.bound({"recovery": float("nan")}, "recovery", 1.0) is None
+    no_stderr = search.bound({"accuracy": 0.5}, "accuracy", 1.0)
+    assert no_stderr.lower == no_stderr.upper == 0.5
+
+
+def test_objectives():
+    metrics = {"disk_bytes": 5e9, "weights_vram_est_gib": 100.0}
+    assert search.objective_value(metrics, "disk_bytes", 80) == 5e9
+    assert search.objective_value(metrics, "weights_vram", 80) == 100 * 2**30
+    assert search.objective_value(metrics, "gpus", 80) == 2  # 107.4 GB on 80 GB cards
+    assert search.objective_value(metrics, "gpus", 120) == 1
+
+
+def test_prune_decision_uses_optunas_threshold_pruner_on_the_upper_bound():
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(lower=0.97))
+    z = search.z_value(0.9)
+    below = search.bound({"recovery": 0.90, "recovery_stderr": 0.02}, "recovery", z)  # upper 0.926
+    assert low_fidelity_verdict(study.ask(), below, 50, 1.0, None) == search.PRUNED_FLOOR
+    unsure = search.bound({"recovery": 0.95, "recovery_stderr": 0.02}, "recovery", z)  # upper 0.976
+    assert low_fidelity_verdict(study.ask(), unsure, 50, 1.0, None) is None
+    assert low_fidelity_verdict(study.ask(), unsure, 50, 1.0, 2.0) is None
+    assert low_fidelity_verdict(study.ask(), unsure, 50, 2.0, 2.0) == search.PRUNED_SIZE
+    assert low_fidelity_verdict(study.ask(), unsure, 50, 3.0, 2.0) == search.PRUNED_SIZE
+
+
+def record(
+    number: int, verdict: str, size: float, acc: float, lower: float, stage: str = "full"
+) -> TrialRecord:
+    return TrialRecord(
+        {"trial": str(number)},
+        verdict,
+        stage=stage,
+        objective=size,
+        accuracy=acc,
+        accuracy_stderr=0.01,
+        value=acc,
+        lower=lower,
+        number=number,
+    )
+
+
+def test_best_is_the_smallest_feasible_and_the_front_is_non_dominated():
+    records = [
+        record(0, search.INFEASIBLE, 1.0, 0.50, 0.45),  # smallest, but infeasible
+        record(1, search.FEASIBLE, 2.0, 0.60, 0.58),
+        record(2, search.FEASIBLE, 2.0, 0.62, 0.60),  # as small as 1, surer: the best
+        record(3, search.FEASIBLE, 3.0, 0.61, 0.59),  # larger and less accurate than 2: dominated
+        record(4, search.PRUNED_SIZE, 1.5, 0.70, 0.50, stage="low"),  # not fully evaluated
+    ]
+    assert search.best(records).number == 2
+    assert [r.number for r in search.pareto(records)] == [0, 2]
+    assert search.best(records[:1]) is None
+    assert [r.number for r in search.closest(records[:1] + records[4:])] == [0, 4]
+
+
+def test_override_line_quotes_and_leaves_search_settings_out():
+    line_ = search.override_line(
+        ["sweep=search_smallest", "search.floor=0.9", "ignore.patterns=[lm_head,'re:.*x']"],
+        {"scheme": "W4A16", "scheme.group_size": "64"},
+    )
+    assert shlex.split(line_) == [
+        "python",
+        "run.py",
+        "sweep=search_smallest",
+        "ignore.patterns=[lm_head,'re:.*x']",
+        "scheme=W4A16",
+        "scheme.group_size=64",
+    ]
+
+
+def test_grid_sampler_exhausts_in_ask_and_tell_without_error():
+    """Optuna's GridSampler calls study.stop() after the last cell, which raises outside optimize()."""
+    space = {"scheme": ["W4A16", "W8A8"], "ignore": ["none", "lm_head"]}
+    study = optuna.create_study(sampler=_grid_sampler(space, seed=0))
+    seen = set()
+    for _ in range(4):
+        trial = study.ask()
+        seen.add(tuple(trial.suggest_categorical(k, v) for k, v in space.items()))
+        study.tell(trial, 1.0)
+    assert len(seen) == 4 and study.sampler.is_exhausted(study)
+
+
+def test_trials_left_running_by_a_killed_session_are_failed(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.ask()  # a session killed mid-trial leaves it RUNNING
+    _fail_stale(optuna.load_study(study_name="s", storage=storage))
+    assert [t.state for t in optuna.load_study(study_name="s", storage=storage).trials] == [
+        optuna.trial.TrialState.FAIL
+    ]
