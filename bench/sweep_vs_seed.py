@@ -125,7 +125,10 @@ def sweep(shape: str, model: Path, out: Path, args: argparse.Namespace) -> dict:
         m, tags = run.data.metrics, run.data.tags
         if tags.get("quantsweep.role") not in ("baseline", "point"):
             continue
-        rows.append({"run": run.info.run_name, "status": run.info.status, **{k: m[k] for k in sorted(m)}})
+        gpu = tags.get("cuda_visible_devices", "")
+        rows.append(
+            {"run": run.info.run_name, "status": run.info.status, "gpu": gpu, **{k: m[k] for k in sorted(m)}}
+        )
     return {"wall_s": seconds, "split": split(rows, seconds), "runs": rows}
 
 

@@ -139,3 +139,11 @@ def test_lm_eval_in_another_interpreter_gives_the_same_scores(tiny_model, task_f
     assert elsewhere.metrics["hellaswag_file"]["acc"] == in_process.metrics["hellaswag_file"]["acc"]
     assert elsewhere.primary == pytest.approx(in_process.primary)
     assert elsewhere.raw["n-samples"]["hellaswag_file"]["effective"] == 6
+
+
+@pytest.mark.parametrize("scheme", ["NVFP4A16", "MXFP4A16"])
+def test_fp4_checkpoints_evaluate_on_cpu(make_cfg, scheme):
+    """Decompressed FP4 weights come back bf16; the float32 CPU evaluation must still run."""
+    outcome = pipeline.run(make_cfg(f"scheme={scheme}"))
+    assert outcome.status == "FINISHED", outcome.error
+    assert 0 <= outcome.metrics["accuracy"] <= 1 and outcome.metrics["bits_per_weight"] < 8

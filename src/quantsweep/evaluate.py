@@ -141,6 +141,9 @@ def _evaluate_in_process(
     with peak_memory(device) as peak:
         start = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(checkpoint, device_map=device, **kwargs)
+        if "quantization_config" in kwargs:
+            # FP4 decompressors hand back bf16 weights whatever dtype was asked: make the model one dtype.
+            model = model.to(kwargs["dtype"])
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         lm = HFLM(
             pretrained=model,

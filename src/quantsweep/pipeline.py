@@ -7,6 +7,7 @@ model and eval settings; a point's run carries its own metrics plus the comparis
 from __future__ import annotations
 
 import math
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -83,6 +84,10 @@ def point_fingerprint(cfg: Config, baseline_fp: str, ignore: list[str]) -> str:
     )
 
 
+def _gib(nbytes: int | None) -> float | None:
+    return None if nbytes is None else nbytes / GIB
+
+
 def _eval_metrics(result: EvalResult, params: int | None) -> dict[str, float | None]:
     """Task metrics, the primary metric, eval timings and throughput (2 x params FLOPs per token)."""
     metrics: dict[str, float | None] = {
@@ -93,7 +98,7 @@ def _eval_metrics(result: EvalResult, params: int | None) -> dict[str, float | N
         "accuracy_stderr": result.primary_stderr,
         "time_eval_load_s": result.seconds_load,
         "time_eval_s": result.seconds_eval,
-        "peak_gpu_mem_eval_gib": None if result.peak_memory_bytes is None else result.peak_memory_bytes / GIB,
+        "peak_gpu_mem_eval_gib": _gib(result.peak_memory_bytes),
         "eval_tokens": result.tokens,
     }
     if result.tokens and params and result.seconds_eval > 0:
@@ -103,10 +108,14 @@ def _eval_metrics(result: EvalResult, params: int | None) -> dict[str, float | N
 
 def _tags(role: str, fp: str, extra: dict[str, str]) -> dict[str, str]:
     versions = {f"version.{k}": v for k, v in tracking.package_versions().items()}
+    # Which card of the host, when a parallel sweep pinned this worker to one.
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpu = {"cuda_visible_devices": pinned} if pinned is not None else {}
     return {
         tracking.ROLE: role,
         tracking.FINGERPRINT: fp,
         "device": devices.device_name(),
+        **gpu,
         **versions,
         **extra,
     }
@@ -277,7 +286,7 @@ def _run_point(
             "time_calibration_data_s": q.seconds_calibration_data,
             "time_quantize_s": q.seconds_quantize,
             "time_save_s": q.seconds_save,
-            "peak_gpu_mem_quantize_gib": None if q.peak_memory_bytes is None else q.peak_memory_bytes / GIB,
+            "peak_gpu_mem_quantize_gib": _gib(q.peak_memory_bytes),
         }
         tracking.log_metrics(metrics)
         result = evaluate(str(checkpoint), cfg.eval, cfg.cache_dir, cfg.seed, compressed=True)
