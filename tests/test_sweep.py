@@ -150,3 +150,20 @@ def test_parallel_workers_claim_distinct_gpus(tmp_path):
     ]
     claimed = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
     assert claimed == ["0", "1"]
+
+
+def test_a_single_run_killed_mid_way_is_marked_killed(tiny_model, task_file, calib_file, tmp_path):
+    overrides = [*base_overrides(tiny_model, task_file, calib_file, tmp_path), "scheme=W8A8"]
+    proc = subprocess.Popen(
+        [sys.executable, "run.py", *overrides], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 300
+    # the store is created by the run (polling first would race its schema creation)
+    while time.time() < deadline and not (tmp_path / "mlruns" / "mlflow.db").exists():
+        time.sleep(0.5)
+    while time.time() < deadline and not role(all_runs(tmp_path), "point"):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    (point,) = role(all_runs(tmp_path), "point")
+    assert proc.returncode != 0 and point.info.status == "KILLED"
