@@ -152,16 +152,27 @@ def test_parallel_workers_claim_distinct_gpus(tmp_path):
     assert claimed == ["0", "1"]
 
 
+def point_started(db: Path) -> bool:
+    """Read the store with plain sqlite: an MLflow client here would race the run's schema creation."""
+    import sqlite3
+
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(db) as conn:
+            query = "select count(*) from tags where key = ? and value = 'point'"
+            return conn.execute(query, (tracking.ROLE,)).fetchone()[0] > 0
+    except sqlite3.OperationalError:  # tables not created yet
+        return False
+
+
 def test_a_single_run_killed_mid_way_is_marked_killed(tiny_model, task_file, calib_file, tmp_path):
     overrides = [*base_overrides(tiny_model, task_file, calib_file, tmp_path), "scheme=W8A8"]
     proc = subprocess.Popen(
         [sys.executable, "run.py", *overrides], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
     deadline = time.time() + 300
-    # the store is created by the run (polling first would race its schema creation)
-    while time.time() < deadline and not (tmp_path / "mlruns" / "mlflow.db").exists():
-        time.sleep(0.5)
-    while time.time() < deadline and not role(all_runs(tmp_path), "point"):
+    while time.time() < deadline and not point_started(tmp_path / "mlruns" / "mlflow.db"):
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
