@@ -22,7 +22,7 @@ from typing import Any
 from quantsweep import recipes, sizing
 from quantsweep.config import SearchConfig
 from quantsweep.errors import ConfigError
-from quantsweep.validate import FLOOR_ON
+from quantsweep.validate import check_floor
 
 OBJECTIVES = ("disk_bytes", "weights_vram", "gpus")
 SAMPLERS = ("tpe", "grid")
@@ -44,12 +44,7 @@ FEASIBLE, INFEASIBLE, PRUNED_FLOOR, PRUNED_SIZE, FAILED = (
 
 def check(cfg: SearchConfig) -> None:
     """Every search setting, before any storage is opened or model loaded."""
-    if not 0.0 <= cfg.floor <= 1.0:
-        raise ConfigError(
-            f"search.floor={cfg.floor} is outside [0, 1]; give a fraction, e.g. search.floor=0.97 for 97%"
-        )
-    if cfg.floor_on not in FLOOR_ON:
-        raise ConfigError(f"search.floor_on={cfg.floor_on!r}; choose one of {', '.join(FLOOR_ON)}")
+    check_floor(cfg.floor, cfg.floor_on, "search")
     if not 0.5 <= cfg.confidence < 1.0:
         raise ConfigError(
             f"search.confidence={cfg.confidence} must be in [0.5, 1): e.g. 0.9 for a one-sided 90% bound, "

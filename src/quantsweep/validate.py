@@ -48,13 +48,18 @@ def check_scheme(scheme: SchemeConfig) -> None:
     recipes.config_groups(scheme)  # group-size overrides on presets without groups fail here
 
 
-def check_eval(cfg: EvalConfig) -> None:
-    if not 0.0 <= cfg.floor <= 1.0:
+def check_floor(floor: float, floor_on: str, group: str) -> None:
+    """A floor is a fraction in [0, 1] on recovery or accuracy, for `eval.*` and `search.*` alike."""
+    if not 0.0 <= floor <= 1.0:
         raise ConfigError(
-            f"eval.floor={cfg.floor} is outside [0, 1]; give a fraction, e.g. eval.floor=0.97 for 97%"
+            f"{group}.floor={floor} is outside [0, 1]; give a fraction, e.g. {group}.floor=0.97 for 97%"
         )
-    if cfg.floor_on not in FLOOR_ON:
-        raise ConfigError(f"eval.floor_on={cfg.floor_on!r}; choose one of {', '.join(FLOOR_ON)}")
+    if floor_on not in FLOOR_ON:
+        raise ConfigError(f"{group}.floor_on={floor_on!r}; choose one of {', '.join(FLOOR_ON)}")
+
+
+def check_eval(cfg: EvalConfig) -> None:
+    check_floor(cfg.floor, cfg.floor_on, "eval")
     if not cfg.tasks:
         raise ConfigError("eval.tasks is empty; name at least one lm-eval task, e.g. [hellaswag]")
     if cfg.primary_task is not None and cfg.primary_task not in cfg.tasks:
