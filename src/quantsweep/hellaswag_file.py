@@ -6,6 +6,7 @@ Items come out as lm-eval's hellaswag task sees them after its `process_docs`: `
 from __future__ import annotations
 
 import bz2
+import functools
 import hashlib
 import json
 import re
@@ -42,6 +43,21 @@ def read_items(path: str | Path) -> Iterator[dict]:
         yield from _jsonl_items(text)
     else:
         yield from _six_line_items(text, path)
+
+
+def check(path: str | Path) -> None:
+    """Raise ConfigError unless the file exists and its first item parses. Every point of a sweep checks
+    the same file: it is read once per version (path, size, mtime) per process, not once per point."""
+    path = Path(path)
+    if not path.is_file():
+        next(read_items(path))  # raises the missing-file error
+    stat = path.stat()
+    _check_once(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _check_once(path: str, size: int, mtime_ns: int) -> None:
+    next(iter(read_items(path)), None)
 
 
 def _jsonl_items(text: str) -> Iterator[dict]:

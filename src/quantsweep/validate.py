@@ -79,7 +79,7 @@ def check_eval(cfg: EvalConfig) -> None:
         if task in FILE_TASKS:
             if not cfg.data_path:
                 raise ConfigError(f"eval.tasks has {task!r}, which reads a local file: set eval.data_path")
-            next(iter(FILE_TASKS[task].read_items(cfg.data_path)), None)
+            FILE_TASKS[task].check(cfg.data_path)
     _check_task_names([t for t in cfg.tasks if t not in FILE_TASKS])
 
 
