@@ -63,7 +63,9 @@ def sentence(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
-def build_tiny_llama(path: Path, hidden: int = 192, layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_llama(
+    path: Path, hidden: int = 192, layers: int = 2, seed: int = 0, tie: bool = False
+) -> Path:
     """A 2-layer Llama whose hidden size (192) is not a multiple of 128, like SmolLM2's 576."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -84,7 +86,7 @@ def build_tiny_llama(path: Path, hidden: int = 192, layers: int = 2, seed: int =
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,

@@ -48,6 +48,8 @@ def test_one_run_logs_size_accuracy_recovery_timings_and_artifacts(first):
     # 2 layers x 2 KV heads x head_dim 48 x 2 (K and V) x 2 bytes
     assert m["kv_cache_bytes_per_token"] == 2 * 2 * 2 * 48 * 2
     assert m["weights_vram_est_gib"] == pytest.approx(1.2 * m["disk_bytes"] / 2**30)
+    # The size predicted from the config alone (what the search orders by) is the measured one.
+    assert m["disk_bytes_predicted"] == pytest.approx(m["disk_bytes"], rel=1e-3)
     for name in ("accuracy", "accuracy_stderr", "hellaswag_file.acc", "hellaswag_file.acc_norm_stderr"):
         assert name in m
     assert m["accuracy"] == m["hellaswag_file.acc_norm"]

@@ -83,6 +83,7 @@ def studied(tiny_model, task_file, calib_file, tmp_path_factory):
     """
     work = tmp_path_factory.mktemp("search")
     settings = [
+        "search.sampler=tpe",
         f"search.study_name={STUDY}",
         "search.floor_on=accuracy",
         "search.floor=0.3",
@@ -276,6 +277,7 @@ def test_space_refuses_continuous_ranges():
         ("floor", 1.01, "outside [0, 1]"),
         ("floor_on", "loss", "floor_on"),
         ("confidence", 1.0, "confidence"),
+        ("prune_confidence", 0.4, "prune_confidence"),
         ("objective", "params", "objective"),
         ("sampler", "cmaes", "sampler"),
         ("low_fidelity_limit", 0, "low_fidelity_limit"),
@@ -384,3 +386,82 @@ def test_trials_left_running_by_a_killed_session_are_failed(tmp_path):
     assert [t.state for t in optuna.load_study(study_name="s", storage=storage).trials] == [
         optuna.trial.TrialState.FAIL
     ]
+
+
+def test_next_smallest_walks_up_the_predicted_sizes_and_stops_below_the_best_feasible():
+    order = [{"scheme": s} for s in ("a", "b", "c", "d")]
+    predicted = {search.key(c): size for c, size in zip(order, (1.0, 2.0, 3.0, 4.0), strict=True)}
+
+    def rec(name: str, verdict: str, number: int, duplicate_of: int | None = None) -> TrialRecord:
+        return TrialRecord({"scheme": name}, verdict, number=number, duplicate_of=duplicate_of)
+
+    assert search.next_smallest(order, predicted, [], 0, 2) == order[:2]
+    # a was pruned, b failed in an earlier session (retried), c is feasible: only b can still beat c.
+    records = [rec("a", search.PRUNED_FLOOR, 0), rec("b", search.FAILED, 1), rec("c", search.FEASIBLE, 2)]
+    assert search.next_smallest(order, predicted, records, 2, 4) == [order[1]]
+    # Failed in this session: not retried now, and nothing smaller than c is left.
+    assert search.next_smallest(order, predicted, records, 0, 4) == []
+    # Infeasible or failed everywhere and no best: the walk goes on to the largest.
+    records = [
+        rec("a", search.INFEASIBLE, 0),
+        rec("b", search.INFEASIBLE, 1),
+        rec("a", search.INFEASIBLE, 2, 0),
+    ]
+    assert search.next_smallest(order, predicted, records, 0, 4) == order[2:]
+
+
+def test_smallest_first_finds_the_grids_best_evaluating_only_what_is_smaller(
+    tiny_model, task_file, calib_file, tmp_path
+):
+    """The exhaustive grid (sampler=grid) first, at a floor everything clears, to learn every accuracy; then
+    a floor just above the smallest configuration's accuracy, and smallest-first in the same store.
+
+    W4A16 at group 128 does not divide the tiny model's 192: left out before any work. Both studies judge
+    the point estimate at 8 items, no low fidelity, so the second evaluates nothing new (MLflow reuse).
+    """
+    space = ["scheme=W4A16,W8A8", "scheme.group_size=32,64,128", "search.low_fidelity_limit=null"]
+    judge = ["search.floor_on=accuracy", "search.confidence=0.5"]
+    grid = run(
+        search_cmd(
+            tiny_model, task_file, calib_file, tmp_path, *space, *judge, "search.floor=0.0",
+            "search.sampler=grid", "search.study_name=grid", "search.n_trials=10",
+        )
+    )  # fmt: skip
+    assert grid.returncode == 0, grid.stderr[-3000:]
+    measured = [
+        TrialRecord(**t.user_attrs[search.RECORD])
+        for t in load(tmp_path, "grid").trials
+        if t.user_attrs[search.RECORD]["verdict"] != search.FAILED
+        and t.user_attrs[search.RECORD]["duplicate_of"] is None
+    ]
+    assert len(measured) == 3  # W4A16 g32, g64 and W8A8; g128 failed
+    by_size = sorted(measured, key=lambda r: r.disk_bytes)
+    floor = round(by_size[0].accuracy + 0.01, 4)
+    expected = next((r for r in by_size if r.accuracy >= floor), None)
+
+    proc = run(
+        search_cmd(
+            tiny_model, task_file, calib_file, tmp_path, *space, *judge, f"search.floor={floor}",
+            "search.study_name=smallest", "search.n_trials=10",
+        )
+    )  # fmt: skip
+    assert "smallest first: 3 configurations ordered by predicted disk_bytes" in proc.stdout
+    assert (
+        "1 configurations left out: scheme=W4A16 scheme.group_size=128 (scheme.group_size=128" in proc.stdout
+    )
+    trials = [TrialRecord(**t.user_attrs[search.RECORD]) for t in load(tmp_path, "smallest").trials]
+    # Evaluated in ascending size, up to the first feasible one, and nothing evaluated again.
+    stop = by_size.index(expected) + 1 if expected else len(by_size)
+    assert [t.params for t in trials] == [r.params for r in by_size[:stop]]
+    assert all(t.full_reused for t in trials)
+    if expected is None:
+        assert proc.returncode == EXIT_NO_FEASIBLE, proc.stderr[-3000:]
+        assert "every configuration that can be built has been tried" in proc.stdout
+    else:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (
+            "every configuration predicted smaller than the best feasible one has been tried" in proc.stdout
+        )
+        assert line(proc.stdout, "best: ").startswith(
+            f"best: trial {stop - 1} {search.describe(expected.params)}:"
+        )

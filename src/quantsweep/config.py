@@ -126,11 +126,15 @@ class SearchConfig:
     gpu_mem_gb: float = 80.0
     # Items per task for the first, cheap evaluation; null evaluates every trial at eval.limit only.
     low_fidelity_limit: int | None = 50
+    # One-sided confidence of the upper bound that prunes a trial after the cheap evaluation (it must miss
+    # the floor): decided on few items, so kept wide even when `confidence` judges the point estimate.
+    prune_confidence: float = 0.9
     # Configurations the study evaluates, across resumptions; a sampled repeat of one is answered from the
     # study at no cost and not counted.
     n_trials: int = 30
-    # tpe | grid (every combination, once).
-    sampler: str = "tpe"
+    # smallest_first (ascending predicted checkpoint size, stops once nothing smaller is left to try) |
+    # tpe | grid (every combination, once, in a seeded order).
+    sampler: str = "smallest_first"
     seed: int = 0
     # Any SQLAlchemy URL; the study is resumed from it (load_if_exists).
     storage: str = "sqlite:///mlruns/optuna.db"

@@ -1,6 +1,10 @@
 """The `hydra/sweeper=quantsweep_optuna` plugin: an Optuna study for the smallest configuration whose accuracy
 clears a floor, launched through Hydra's launcher like the grid, every point a child of one MLflow run.
 
+By default (`search.sampler=smallest_first`) every configuration's size is predicted from the model's
+config before anything is quantized (`predict`), and trials are enqueued in ascending predicted size: the
+first feasible one is the smallest, and the study stops there, having evaluated nothing larger.
+
 Each trial is first evaluated on `search.low_fidelity_limit` items. It stops there (PRUNED) when even its
 upper confidence bound misses the floor (Optuna's ThresholdPruner) or when it is no smaller than the best
 feasible trial so far; only the others get the full evaluation. Feasibility is an Optuna constraint
@@ -27,7 +31,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from quantsweep import cli, models, pipeline, recipes, search, sweep, validate
+from quantsweep import cli, models, pipeline, predict, recipes, search, sweep, validate
 from quantsweep.config import SearchConfig
 from quantsweep.devices import ENV_GPUS
 from quantsweep.errors import ConfigError
@@ -70,9 +74,15 @@ class _Plan:
     base_preset: str
     presets: dict[str, str]
     z: float
+    # The upper bound's z at low fidelity (search.prune_confidence).
+    z_prune: float
     # None: every trial gets the full evaluation only.
     low_limit: int | None
     identity: dict[str, Any]
+    configurations: list[dict[str, str]]
+    # smallest_first: the buildable configurations in ascending predicted objective, and those predictions.
+    order: list[dict[str, str]] | None = None
+    predicted: dict[tuple[tuple[str, str], ...], float] = field(default_factory=dict)
 
     def grouped(self, params: dict[str, str]) -> bool:
         return search.has_groups(self.presets.get(params.get("scheme", ""), self.base_preset))
@@ -143,11 +153,64 @@ class QuantsweepOptunaSweeper(Sweeper):
             "objective": settings.objective,
             "gpu_mem_gb": settings.gpu_mem_gb if settings.objective == "gpus" else None,
             "low_fidelity_limit": low,
+            "prune_confidence": settings.prune_confidence if low is not None else None,
             "evaluation": pipeline.baseline_fingerprint(base),
         }
-        return _Plan(
-            settings, space, base.scheme.preset, presets, search.z_value(settings.confidence), low, identity
+        plan = _Plan(
+            settings,
+            space,
+            base.scheme.preset,
+            presets,
+            search.z_value(settings.confidence),
+            search.z_value(settings.prune_confidence),
+            low,
+            identity,
+            [],
         )
+        plan.configurations = space.configurations(plan.grouped)
+        if settings.sampler == "smallest_first":
+            self._order(plan, base)
+        return plan
+
+    def _order(self, plan: _Plan, base: DictConfig) -> None:
+        """Predict every configuration's objective from the model's config (meta device, no weights) and
+        order them smallest first; those the model cannot be built with (a group size that does not divide
+        its layers) are left out, and said so."""
+        s = plan.search
+        source = models.resolve(base.model, base.cache_dir)
+        meta = validate.meta_model(source, base.model.trust_remote_code)
+        num_layers = meta.config.get_text_config().num_hidden_layers
+        sizes: dict[tuple[tuple[str, str], ...], tuple[float, int]] = {}
+        left_out = []
+        for params in plan.configurations:
+            cfg = self._compose([*plan.space.fixed, *(f"{k}={v}" for k, v in params.items())])
+            scheme = OmegaConf.to_object(cfg.scheme)
+            ignore = recipes.ignore_list(cfg.ignore, scheme, num_layers)
+            try:
+                validate.check_group_sizes(meta, scheme, ignore)
+            except ConfigError as exc:
+                left_out.append(f"{search.describe(params)} ({exc})")
+                continue
+            size = predict.disk_bytes(meta, scheme, ignore)
+            sizes[search.key(params)] = (search.predicted_objective(size, s.objective, s.gpu_mem_gb), size)
+        plan.order = sorted(
+            (c for c in plan.configurations if search.key(c) in sizes), key=lambda c: sizes[search.key(c)]
+        )
+        plan.predicted = {k: v[0] for k, v in sizes.items()}
+        if plan.order:
+            low, high = (
+                search.size_text(plan.predicted[search.key(c)], s.objective)
+                for c in (plan.order[0], plan.order[-1])
+            )
+            print(
+                f"quantsweep: smallest first: {len(plan.order)} configurations ordered by predicted "
+                f"{s.objective}, {low} to {high}",
+                flush=True,
+            )
+        if left_out:
+            print(f"quantsweep: {len(left_out)} configurations left out: {left_out[0]}", flush=True)
+        if not plan.order:
+            raise ConfigError(f"no configuration of the space can be built for this model: {left_out[0]}")
 
     def _compose(self, overrides: list[str]) -> DictConfig:
         assert self.hydra_context is not None and self.config is not None
@@ -221,7 +284,7 @@ class QuantsweepOptunaSweeper(Sweeper):
         if n_jobs > 1:
             os.environ[ENV_GPUS] = str(n_jobs)
         batch = min(n_jobs, self.max_batch_size or n_jobs)
-        configurations = plan.space.configurations(plan.grouped)
+        configurations = plan.configurations
         print(
             f"quantsweep: study {s.study_name} in {s.storage}: {len(configurations)} configurations, "
             f"budget {s.n_trials} configurations, MLflow parent run {parent}",
@@ -236,13 +299,21 @@ class QuantsweepOptunaSweeper(Sweeper):
                 tried = [r for r in records if r.duplicate_of is None]
                 if len(tried) >= s.n_trials:
                     break
-                if {_key(c) for c in configurations} <= {_key(r.params) for r in tried}:
+                if {search.key(c) for c in configurations} <= {search.key(r.params) for r in tried}:
                     print("quantsweep: every configuration of the space has been tried", flush=True)
                     break
                 if repeats >= MAX_REPEATS:
                     print(f"quantsweep: {repeats} repeats in a row: the sampler has converged", flush=True)
                     break
-                in_flight = [self._ask(study, plan) for _ in range(min(batch, s.n_trials - len(tried)))]
+                size = min(batch, s.n_trials - len(tried))
+                if plan.order is None:
+                    in_flight = [self._ask(study, plan) for _ in range(size)]
+                else:
+                    picks = search.next_smallest(plan.order, plan.predicted, records, self.first_trial, size)
+                    if not picks:
+                        print(_exhausted(records), flush=True)
+                        break
+                    in_flight = [self._ask(study, plan, params) for params in picks]
                 fresh = self._run_batch(study, plan, in_flight)
                 repeats = 0 if fresh else repeats + len(in_flight)
                 in_flight = []
@@ -253,7 +324,10 @@ class QuantsweepOptunaSweeper(Sweeper):
             raise
         return self._finish(study, plan, parent, sweep_id)
 
-    def _ask(self, study: Any, plan: _Plan) -> _Trial:
+    def _ask(self, study: Any, plan: _Plan, enqueue: dict[str, str] | None = None) -> _Trial:
+        """A new trial: the sampler's choice, or the given configuration enqueued in the study's storage."""
+        if enqueue is not None:
+            study.enqueue_trial(enqueue)
         trial = study.ask()
         params: dict[str, str] = {}
         for key, values in plan.space.dims.items():
@@ -311,7 +385,7 @@ class QuantsweepOptunaSweeper(Sweeper):
         if report.status != "FINISHED":
             _tell_failed(study, t, report)
             return False
-        b = search.bound(report.metrics, s.floor_on, plan.z)
+        b = search.bound(report.metrics, s.floor_on, plan.z, plan.z_prune)
         if b is None:  # recovery undefined on these few items: judge it on the full evaluation
             return True
         size = search.objective_value(report.metrics, s.objective, s.gpu_mem_gb)
@@ -462,8 +536,10 @@ def _state(name: str) -> Any:
     return TrialState[name]
 
 
-def _key(params: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(params.items()))
+def _exhausted(records: list[TrialRecord]) -> str:
+    if search.best(records) is None:
+        return "quantsweep: every configuration that can be built has been tried"
+    return "quantsweep: every configuration predicted smaller than the best feasible one has been tried"
 
 
 def _records(trials: list[Any]) -> list[TrialRecord]:

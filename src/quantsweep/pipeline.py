@@ -17,7 +17,7 @@ from typing import Any
 from filelock import FileLock
 from omegaconf import OmegaConf
 
-from quantsweep import devices, footprint, models, recipes, tracking, validate
+from quantsweep import devices, footprint, models, predict, recipes, tracking, validate
 from quantsweep.config import Config
 from quantsweep.evaluate import EvalResult, eval_dtype, evaluate
 from quantsweep.hellaswag_file import digest
@@ -219,6 +219,7 @@ def run(cfg: Config, parent: str | None = None, sweep_id: str | None = None) -> 
     num_layers = meta.config.get_text_config().num_hidden_layers
     ignore = recipes.ignore_list(cfg.ignore, cfg.scheme, num_layers)
     validate.check_group_sizes(meta, cfg.scheme, ignore)
+    predicted = predict.disk_bytes(meta, cfg.scheme, ignore)
     del meta
 
     experiment_id = tracking.setup(cfg.tracking)
@@ -231,7 +232,7 @@ def run(cfg: Config, parent: str | None = None, sweep_id: str | None = None) -> 
 
     tracking.kill_stale(experiment_id, fp)
     baseline = ensure_baseline(cfg, source, experiment_id, base_fp, parent)
-    return _run_point(cfg, source, ignore, experiment_id, fp, baseline, parent, sweep_id)
+    return _run_point(cfg, source, ignore, experiment_id, fp, baseline, parent, sweep_id, predicted)
 
 
 def _run_point(
@@ -243,6 +244,7 @@ def _run_point(
     baseline: Any,
     parent: str | None,
     sweep_id: str | None,
+    predicted_bytes: int,
 ) -> Outcome:
     import mlflow
 
@@ -282,6 +284,7 @@ def _run_point(
             checkpoint, params_count, 1 if scheme.kv_cache_fp8 else 2, base.get("disk_bytes")
         )
         metrics |= {
+            "disk_bytes_predicted": predicted_bytes,
             "time_load_s": q.seconds_load,
             "time_calibration_data_s": q.seconds_calibration_data,
             "time_quantize_s": q.seconds_quantize,

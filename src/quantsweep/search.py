@@ -25,7 +25,7 @@ from quantsweep.errors import ConfigError
 from quantsweep.validate import check_floor
 
 OBJECTIVES = ("disk_bytes", "weights_vram", "gpus")
-SAMPLERS = ("tpe", "grid")
+SAMPLERS = ("smallest_first", "tpe", "grid")
 # Sampled only for schemes whose preset has weight groups (see `has_groups`).
 GROUP_SIZE = "scheme.group_size"
 # The trial user attribute that holds its `TrialRecord`.
@@ -45,11 +45,13 @@ FEASIBLE, INFEASIBLE, PRUNED_FLOOR, PRUNED_SIZE, FAILED = (
 def check(cfg: SearchConfig) -> None:
     """Every search setting, before any storage is opened or model loaded."""
     check_floor(cfg.floor, cfg.floor_on, "search")
-    if not 0.5 <= cfg.confidence < 1.0:
-        raise ConfigError(
-            f"search.confidence={cfg.confidence} must be in [0.5, 1): e.g. 0.9 for a one-sided 90% bound, "
-            "0.5 for the point estimate"
-        )
+    for key in ("confidence", "prune_confidence"):
+        value = getattr(cfg, key)
+        if not 0.5 <= value < 1.0:
+            raise ConfigError(
+                f"search.{key}={value} must be in [0.5, 1): e.g. 0.9 for a one-sided 90% bound, "
+                "0.5 for the point estimate"
+            )
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(f"search.objective={cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
     if cfg.gpu_mem_gb <= 0:
@@ -81,13 +83,16 @@ class Bound:
     upper: float
 
 
-def bound(metrics: dict[str, float], floor_on: str, z: float) -> Bound | None:
-    """None when the value is undefined (recovery against a baseline that scored 0 on these items)."""
+def bound(metrics: dict[str, float], floor_on: str, z: float, z_upper: float | None = None) -> Bound | None:
+    """None when the value is undefined (recovery against a baseline that scored 0 on these items).
+
+    `z_upper` sets the upper bound's own width: pruning decides on a few items at `search.prune_confidence`.
+    """
     value = metrics.get(floor_on)
     if value is None or not math.isfinite(value):
         return None
     stderr = metrics.get(f"{floor_on}_stderr") or 0.0
-    return Bound(value, stderr, value - z * stderr, value + z * stderr)
+    return Bound(value, stderr, value - z * stderr, value + (z if z_upper is None else z_upper) * stderr)
 
 
 def constraint(lower: float, floor: float) -> float:
@@ -101,6 +106,45 @@ def objective_value(metrics: dict[str, float], objective: str, gpu_mem_gb: float
         return float(metrics["disk_bytes"])
     vram = metrics["weights_vram_est_gib"] * GIB
     return vram if objective == "weights_vram" else float(sizing.gpus_needed_total(vram, gpu_mem_gb))
+
+
+def predicted_objective(disk_bytes: float, objective: str, gpu_mem_gb: float) -> float:
+    """`objective_value` for a predicted checkpoint size (the vRAM estimate is stored bytes × overhead)."""
+    if objective == "disk_bytes":
+        return float(disk_bytes)
+    vram = disk_bytes * sizing.OVERHEAD
+    return vram if objective == "weights_vram" else float(sizing.gpus_needed_total(vram, gpu_mem_gb))
+
+
+def key(params: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """A configuration's identity, whatever the order of its parameters."""
+    return tuple(sorted(params.items()))
+
+
+def next_smallest(
+    order: list[dict[str, str]],
+    predicted: dict[tuple[tuple[str, str], ...], float],
+    records: list[TrialRecord],
+    first_trial: int,
+    k: int,
+) -> list[dict[str, str]]:
+    """The `smallest_first` sampler: the k smallest configurations not tried yet that could still beat the
+    best feasible one (predicted strictly smaller), in `order` (ascending predicted size).
+
+    A configuration tried in this session or found COMPLETE/PRUNED earlier is done; one that failed in an
+    earlier session is tried again (it may have been a crash, not the configuration). Empty when the best
+    feasible configuration is known to be the smallest: everything predicted smaller has been evaluated.
+    """
+    done = {
+        key(r.params)
+        for r in records
+        if r.duplicate_of is None and (r.verdict != FAILED or r.number >= first_trial)
+    }
+    feasible = [
+        predicted[key(r.params)] for r in records if r.verdict == FEASIBLE and key(r.params) in predicted
+    ]
+    limit = min(feasible, default=math.inf)
+    return [c for c in order if key(c) not in done and predicted[key(c)] < limit][:k]
 
 
 def not_smaller(size: float, best: float | None) -> bool:
