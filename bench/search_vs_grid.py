@@ -1,8 +1,9 @@
 """Does the Optuna search find the exhaustive grid's answer for less? Run both on one space and compare.
 
 (a) the grid: every configuration, fully evaluated (`run.py -m`, the quantsweep_grid sweeper);
-(b) the study: `sweep=search_smallest` narrowed to the same space, with low-fidelity pruning.
-Each gets its own MLflow store and checkpoint folder under --work, so neither reuses the other's points.
+(b) one study per `--search SAMPLER:LOW` (default `smallest_first:25`; LOW items of the low-fidelity
+    evaluation, or `none`): `sweep=search_smallest` narrowed to the same space.
+Each gets its own MLflow store and checkpoint folder under --work, so none reuses another's points.
 The grid's best is judged by the search's own rule (lower confidence bound of what the floor is on ≥ floor,
 then smallest on disk), from its MLflow runs.
 
@@ -11,7 +12,8 @@ then smallest on disk), from its MLflow runs.
     .venv/bin/python bench/search_vs_grid.py /tmp/b.md --work /tmp/b --schemes W4A16,W8A16 \\
         --ignores lm_head --layers none --override model=custom --override model.source=/path/to/tiny ...
 
-Prints a Markdown table and writes it to the given path; the logs of both runs are kept under --work.
+Prints a Markdown table and writes it to the given path, with every grid point's numbers in a JSON file
+beside it (`<out>.grid.json`); the logs of every run are kept under --work.
 """
 
 from __future__ import annotations
@@ -58,12 +60,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "search_vs_grid")
     p.add_argument("--limit", type=int, default=100, help="items per task of a full evaluation")
     p.add_argument("--num-fewshot", type=int, default=0)
-    p.add_argument("--low-limit", type=int, default=25, help="items of the search's low-fidelity evaluation")
     p.add_argument("--floor", type=float, default=0.95)
     p.add_argument("--floor-on", default="recovery", choices=["recovery", "accuracy"])
     p.add_argument("--confidence", type=float, default=0.5, help="0.5 judges the point estimate")
     p.add_argument("--n-trials", type=int, default=12, help="configurations the search may evaluate")
-    p.add_argument("--sampler", default="tpe", choices=["tpe", "grid"])
+    p.add_argument(
+        "--search",
+        action="append",
+        type=variant,
+        help="SAMPLER:LOW, a study to run (repeatable): sampler, and low-fidelity items or none",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--schemes", default="W4A16,W4A16_ASYM,W8A16", help="schemes with weight groups")
     p.add_argument("--group-sizes", default="32,64")
@@ -76,6 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra Hydra override for both runs (repeatable), e.g. model=custom",
     )
     return p.parse_args(argv)
+
+
+def variant(text: str) -> tuple[str, int | None]:
+    sampler, _, low = text.partition(":")
+    if sampler not in search.SAMPLERS:
+        raise argparse.ArgumentTypeError(f"sampler {sampler!r}; choose one of {', '.join(search.SAMPLERS)}")
+    return sampler, None if low in ("", "none") else int(low)
 
 
 def space(args: argparse.Namespace) -> list[str]:
@@ -112,6 +125,10 @@ def launch(cmd: list[str], log: Path) -> tuple[float, int]:
     with log.open("w") as out:
         code = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
     return time.perf_counter() - start, code
+
+
+def _all_points(work: Path) -> list[Any]:
+    return point_runs(work)[0]
 
 
 def point_runs(work: Path) -> tuple[list[Any], list[Any]]:
@@ -193,41 +210,64 @@ def search_best(work: Path, points: list[Any]) -> tuple[str, float | None]:
     return label(run.data.params), top.disk_bytes
 
 
-def table(grid: Side, study: Side, args: argparse.Namespace, configurations: int) -> str:
+def table(grid: Side, studies: list[Side], args: argparse.Namespace, configurations: int) -> str:
     def mib(b: float | None) -> str:
         return "-" if b is None else f"{b / 2**20:.2f}"
 
+    sides = [grid, *studies]
     rows = [
-        ("best feasible configuration", grid.best, study.best),
-        ("its size on disk (MiB)", mib(grid.best_bytes), mib(study.best_bytes)),
-        ("quantizations", str(grid.quantizations), str(study.quantizations)),
-        (f"full evaluations ({args.limit} items)", str(grid.full_evaluations), str(study.full_evaluations)),
-        (f"low-fidelity evaluations ({args.low_limit} items)", "-", str(study.low_evaluations)),
-        ("failed points", str(grid.failed), str(study.failed)),
+        ("best feasible configuration", [x.best for x in sides]),
+        ("its size on disk (MiB)", [mib(x.best_bytes) for x in sides]),
+        ("quantizations", [str(x.quantizations) for x in sides]),
+        (f"full evaluations ({args.limit} items)", [str(x.full_evaluations) for x in sides]),
+        ("low-fidelity evaluations", ["-", *(str(x.low_evaluations) for x in studies)]),
+        ("failed points", [str(x.failed) for x in sides]),
         (
             "evaluation seconds (MLflow time_eval_s, baselines included)",
-            f"{grid.eval_seconds:.0f}",
-            f"{study.eval_seconds:.0f}",
+            [f"{x.eval_seconds:.0f}" for x in sides],
         ),
-        ("wall seconds", f"{grid.seconds:.0f}", f"{study.seconds:.0f}"),
-        ("exit code", str(grid.exit_code), str(study.exit_code)),
+        ("evaluation cost / grid's", ["1", *(f"{x.eval_seconds / grid.eval_seconds:.2f}" for x in studies)]),
+        ("same answer as the grid", ["-", *(_same(grid, x) for x in studies)]),
+        ("wall seconds", [f"{x.seconds:.0f}" for x in sides]),
+        ("exit code", [str(x.exit_code) for x in sides]),
     ]
-    ratio = study.eval_seconds / grid.eval_seconds if grid.eval_seconds else math.nan
-    same = grid.best_bytes is not None and grid.best_bytes == study.best_bytes
     lines = [
         f"Search vs grid: {configurations} configurations ({args.schemes} × group {args.group_sizes} × "
-        f"{args.ignores} × layers {args.layers}, RTN), eval hellaswag_file {args.num_fewshot}-shot; "
-        f"feasible: {args.floor_on} {args.confidence:.0%} lower bound ≥ {args.floor}; "
-        f"search: {args.sampler}, {args.n_trials} configurations, seed {args.seed}.",
+        f"{args.ignores} × layers {args.layers}, RTN), eval hellaswag_file {args.num_fewshot}-shot, "
+        f"{args.limit} items; feasible: {args.floor_on} {args.confidence:.0%} lower bound ≥ {args.floor}; "
+        f"studies: budget {args.n_trials} configurations, seed {args.seed}.",
         "",
-        "| | grid (exhaustive) | search (Optuna) |",
-        "|---|---|---|",
-        *(f"| {a} | {b} | {c} |" for a, b, c in rows),
-        "",
-        f"Evaluation cost ratio search / grid: {ratio:.2f}. The search's answer is "
-        + ("as small as the grid's." if same else "not the grid's."),
+        "| | " + " | ".join(x.name for x in sides) + " |",
+        "|---|" + "---|" * len(sides),
+        *(f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows),
     ]
     return "\n".join(lines)
+
+
+def _same(grid: Side, study: Side) -> str:
+    if grid.best_bytes is None or study.best_bytes is None:
+        return "yes" if grid.best_bytes == study.best_bytes else "no"
+    if study.best_bytes == grid.best_bytes:
+        return "yes"
+    return f"no ({100 * (study.best_bytes / grid.best_bytes - 1):+.1f}% size)"
+
+
+def grid_points(points: list[Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every grid point: configuration, status, size (measured and predicted), accuracy, recovery."""
+    keys = (
+        "disk_bytes",
+        "disk_bytes_predicted",
+        "accuracy",
+        "accuracy_stderr",
+        "recovery",
+        "recovery_stderr",
+    )
+    rows = [
+        {"configuration": label(r.data.params), "status": r.info.status}
+        | {k: r.data.metrics.get(k) for k in keys}
+        for r in points
+    ]
+    return sorted(rows, key=lambda r: (r["disk_bytes"] is None, r["disk_bytes"] or 0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,35 +275,42 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work.resolve()
     configurations = size_of_space(args)
     py = sys.executable
-    grid_work, search_work = work / "grid", work / "search"
+    grid_work = work / "grid"
     seconds, code = launch(
         [py, "run.py", "-m", *space(args), *common(args, grid_work)], grid_work / "run.log"
     )
     grid, _, grid_full = bill("grid", grid_work, seconds, code, args.limit)
     grid.best, grid.best_bytes = grid_best(grid_full, args)
 
-    settings = [
-        "sweep=search_smallest",
-        f"search.floor={args.floor}",
-        f"search.floor_on={args.floor_on}",
-        f"search.confidence={args.confidence}",
-        f"search.low_fidelity_limit={args.low_limit}",
-        f"search.n_trials={args.n_trials}",
-        f"search.sampler={args.sampler}",
-        f"search.seed={args.seed}",
-        f"search.storage=sqlite:///{search_work}/optuna.db",
-        f"search.study_name={STUDY}",
-    ]
-    seconds, code = launch(
-        [py, "run.py", "-m", *settings, *space(args), *common(args, search_work)], search_work / "run.log"
-    )
-    study, study_points, _ = bill("search", search_work, seconds, code, args.limit)
-    study.best, study.best_bytes = search_best(search_work, study_points)
+    grid_rows = grid_points(_all_points(grid_work), args)
+    studies = []
+    for i, (sampler, low) in enumerate(args.search or [("smallest_first", 25)]):
+        study_work = work / f"search{i}-{sampler}-{low or 'full'}"
+        settings = [
+            "sweep=search_smallest",
+            f"search.floor={args.floor}",
+            f"search.floor_on={args.floor_on}",
+            f"search.confidence={args.confidence}",
+            f"search.low_fidelity_limit={'null' if low is None else low}",
+            f"search.n_trials={args.n_trials}",
+            f"search.sampler={sampler}",
+            f"search.seed={args.seed}",
+            f"search.storage=sqlite:///{study_work}/optuna.db",
+            f"search.study_name={STUDY}",
+        ]
+        seconds, code = launch(
+            [py, "run.py", "-m", *settings, *space(args), *common(args, study_work)], study_work / "run.log"
+        )
+        name = f"{sampler}, low fidelity {low or '-'}"
+        study, study_points, _ = bill(name, study_work, seconds, code, args.limit)
+        study.best, study.best_bytes = search_best(study_work, study_points)
+        studies.append(study)
 
-    text = table(grid, study, args, configurations)
+    text = table(grid, studies, args, configurations)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
+    args.out.with_suffix(".grid.json").write_text(json.dumps(grid_rows, indent=1) + "\n")
     return 0
 
 

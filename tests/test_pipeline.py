@@ -91,6 +91,24 @@ def test_finished_point_is_not_redone_unless_forced(first):
     cfg.force = True
     forced = pipeline.run(cfg)
     assert not forced.reused and forced.run_id != outcome.run_id and len(runs(cfg)) == before + 1
+    forced_tags = mlflow.get_run(forced.run_id).data.tags
+    assert forced_tags[tracking.CHECKPOINT_REUSED] == "false"  # force quantizes again too
+
+
+def test_a_point_evaluated_differently_reuses_the_checkpoint(first):
+    """Another evaluation of the same quantization (a search's second fidelity, a grid over few-shot
+    counts) is a new point run on the same checkpoint: nothing is quantized again."""
+    cfg, outcome = first[0].copy(), first[1]
+    assert mlflow.get_run(outcome.run_id).data.tags[tracking.CHECKPOINT_REUSED] == "false"
+    checkpoints = sorted(Path(cfg.output_dir).expanduser().rglob("model*.safetensors"))
+    cfg.eval.limit = 4
+    other = pipeline.run(cfg)
+    assert other.status == "FINISHED" and not other.reused and other.run_id != outcome.run_id
+    run = mlflow.get_run(other.run_id)
+    assert run.data.tags[tracking.CHECKPOINT_REUSED] == "true"
+    assert "time_quantize_s" not in run.data.metrics and run.data.metrics["time_eval_s"] > 0
+    assert run.data.metrics["disk_bytes"] == mlflow.get_run(outcome.run_id).data.metrics["disk_bytes"]
+    assert sorted(Path(cfg.output_dir).expanduser().rglob("model*.safetensors")) == checkpoints
 
 
 def test_gptq_calibrates_on_the_configured_text(make_cfg):

@@ -68,20 +68,28 @@ def baseline_fingerprint(cfg: Config) -> str:
     return tracking.fingerprint({"model": model, "eval": eval_identity(cfg)})
 
 
-def point_fingerprint(cfg: Config, baseline_fp: str, ignore: list[str]) -> str:
+def _quantization_identity(cfg: Config, ignore: list[str]) -> dict[str, Any]:
     versions = tracking.package_versions()
     uses_data = recipes.needs_calibration(cfg.scheme)
-    return tracking.fingerprint(
-        {
-            "baseline": baseline_fp,
-            "scheme": as_dict(cfg)["scheme"] | {"name": None},
-            "ignore": ignore,
-            "calibration": as_dict(cfg)["calibration"] | {"name": None} if uses_data else None,
-            "seed": cfg.seed,
-            "llmcompressor": versions["llmcompressor"],
-            "compressed-tensors": versions["compressed-tensors"],
-        }
-    )
+    return {
+        "scheme": as_dict(cfg)["scheme"] | {"name": None},
+        "ignore": ignore,
+        "calibration": as_dict(cfg)["calibration"] | {"name": None} if uses_data else None,
+        "seed": cfg.seed,
+        "llmcompressor": versions["llmcompressor"],
+        "compressed-tensors": versions["compressed-tensors"],
+    }
+
+
+def point_fingerprint(cfg: Config, baseline_fp: str, ignore: list[str]) -> str:
+    return tracking.fingerprint({"baseline": baseline_fp, **_quantization_identity(cfg, ignore)})
+
+
+def checkpoint_fingerprint(cfg: Config, ignore: list[str]) -> str:
+    """What the checkpoint depends on (not the evaluation): points that differ only in how they are
+    evaluated (a search's two fidelities, a grid over num_fewshot) share one quantization."""
+    model = {"source": cfg.model.source, "revision": cfg.model.revision, "dtype": cfg.model.dtype}
+    return tracking.fingerprint({"model": model, **_quantization_identity(cfg, ignore)})
 
 
 def _gib(nbytes: int | None) -> float | None:
@@ -267,15 +275,22 @@ def _run_point(
     tracked = Tracked(experiment_id, name, _tags("point", fp, extra), parent)
     with tracked:
         mlflow.log_params(params)
-        checkpoint = Path(cfg.output_dir).expanduser() / cfg.model.name / fp
-        q = quantize(
-            source,
-            recipes.build_recipe(scheme, ignore),
-            checkpoint,
-            cfg.calibration if recipes.needs_calibration(scheme) else None,
-            cfg.seed,
-            cfg.model.trust_remote_code,
-        )
+        checkpoint = Path(cfg.output_dir).expanduser() / cfg.model.name / checkpoint_fingerprint(cfg, ignore)
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        # A checkpoint appears whole (written aside, then renamed) and is reused unless `force`; the lock
+        # keeps two workers from writing the same one.
+        with FileLock(f"{checkpoint}.lock"):
+            reused = checkpoint.is_dir() and not cfg.force
+            if not reused:
+                q = quantize(
+                    source,
+                    recipes.build_recipe(scheme, ignore),
+                    checkpoint,
+                    cfg.calibration if recipes.needs_calibration(scheme) else None,
+                    cfg.seed,
+                    cfg.model.trust_remote_code,
+                )
+        mlflow.set_tag(tracking.CHECKPOINT_REUSED, str(reused).lower())
         mlflow.log_artifact(str(checkpoint / "recipe.yaml"))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         base = baseline.data.metrics
@@ -283,14 +298,15 @@ def _run_point(
         metrics |= footprint.footprint(
             checkpoint, params_count, 1 if scheme.kv_cache_fp8 else 2, base.get("disk_bytes")
         )
-        metrics |= {
-            "disk_bytes_predicted": predicted_bytes,
-            "time_load_s": q.seconds_load,
-            "time_calibration_data_s": q.seconds_calibration_data,
-            "time_quantize_s": q.seconds_quantize,
-            "time_save_s": q.seconds_save,
-            "peak_gpu_mem_quantize_gib": _gib(q.peak_memory_bytes),
-        }
+        metrics["disk_bytes_predicted"] = predicted_bytes
+        if not reused:  # a reused checkpoint cost nothing here: no quantization times are logged
+            metrics |= {
+                "time_load_s": q.seconds_load,
+                "time_calibration_data_s": q.seconds_calibration_data,
+                "time_quantize_s": q.seconds_quantize,
+                "time_save_s": q.seconds_save,
+                "peak_gpu_mem_quantize_gib": _gib(q.peak_memory_bytes),
+            }
         tracking.log_metrics(metrics)
         result = evaluate(str(checkpoint), cfg.eval, cfg.cache_dir, cfg.seed, compressed=True)
         # The baseline's score on this run's primary metric (its `accuracy` may be another metric's).

@@ -21,6 +21,7 @@ BASELINE_FINGERPRINT = "quantsweep.baseline_fingerprint"
 BASELINE_RUN = "quantsweep.baseline_run_id"
 SWEEP_ID = "quantsweep.sweep_id"
 ERROR = "quantsweep.error"
+CHECKPOINT_REUSED = "quantsweep.checkpoint_reused"
 PACKAGES = ("llmcompressor", "compressed-tensors", "lm_eval", "torch", "transformers", "quantsweep")
 
 
