@@ -465,3 +465,16 @@ def test_smallest_first_finds_the_grids_best_evaluating_only_what_is_smaller(
         assert line(proc.stdout, "best: ").startswith(
             f"best: trial {stop - 1} {search.describe(expected.params)}:"
         )
+    # With a first, cheap evaluation: configurations the grid evaluated in full go straight to it.
+    screened = run(
+        search_cmd(
+            tiny_model, task_file, calib_file, tmp_path, *space[:2], *judge, f"search.floor={floor}",
+            "search.study_name=screened", "search.n_trials=10", "search.low_fidelity_limit=4",
+        )
+    )  # fmt: skip
+    assert screened.returncode == proc.returncode, screened.stderr[-3000:]
+    again = [TrialRecord(**t.user_attrs[search.RECORD]) for t in load(tmp_path, "screened").trials]
+    assert [t.params for t in again] == [t.params for t in trials]
+    assert all(t.low_run_id is None and t.full_reused for t in again)
+    assert screened.stdout.count("evaluated in full before, no low-fidelity evaluation") == len(trials)
+    assert "evaluations: 0 at 4 items" in screened.stdout

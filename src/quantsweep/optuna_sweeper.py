@@ -357,12 +357,17 @@ class QuantsweepOptunaSweeper(Sweeper):
                 fresh.append(t)
         survivors = fresh
         if plan.low_limit is not None and fresh:
-            survivors = []
+            # A configuration already evaluated in full (by a grid, another study) skips the cheap evaluation.
+            known = [t for t in fresh if self._fully_evaluated(t)]
+            screened = [t for t in fresh if t not in known]
+            passed = []
             extra = [f"eval.limit={plan.low_limit}"]
-            for t, report in zip(fresh, self._launch([[*t.overrides, *extra] for t in fresh]), strict=True):
+            launched = self._launch([[*t.overrides, *extra] for t in screened]) if screened else []
+            for t, report in zip(screened, launched, strict=True):
                 t.record.low_run_id, t.record.low_reused = report.run_id, report.reused
                 if self._low_fidelity(study, plan, t, report):
-                    survivors.append(t)
+                    passed.append(t)
+            survivors = [t for t in fresh if t in known or t in passed]
         if survivors:
             for t, report in zip(survivors, self._launch([t.overrides for t in survivors]), strict=True):
                 t.record.full_run_id, t.record.full_reused = report.run_id, report.reused
@@ -370,6 +375,20 @@ class QuantsweepOptunaSweeper(Sweeper):
         for t, same_fresh, earlier in repeats:
             _copy(study, t, same_fresh.handle.number if same_fresh else earlier.number)
         return len(fresh)
+
+    def _fully_evaluated(self, t: _Trial) -> bool:
+        """Whether MLflow holds a FINISHED full evaluation of this trial's configuration (nothing loaded)."""
+        try:
+            done = pipeline.finished_run(self._compose(t.overrides)) is not None
+        except (ConfigError, HydraException):  # the launched job reports it
+            return False
+        if done:
+            print(
+                f"quantsweep: trial {t.record.number} {search.describe(t.record.params)}: evaluated in full "
+                "before, no low-fidelity evaluation",
+                flush=True,
+            )
+        return done
 
     def _launch(self, jobs: list[list[str]]) -> list[sweep.PointReport]:
         assert self.launcher is not None

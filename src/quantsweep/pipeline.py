@@ -219,8 +219,20 @@ def _evaluate_baseline(cfg: Config, source: str, experiment_id: str, fp: str, pa
     return mlflow.get_run(tracked.run_id)
 
 
-def run(cfg: Config, parent: str | None = None, sweep_id: str | None = None) -> Outcome:
-    """Validate, then quantize and evaluate one combination (or return its finished run)."""
+@dataclass
+class _Point:
+    """One combination, checked and identified: what `run` needs before any model is loaded."""
+
+    source: str
+    ignore: list[str]
+    predicted_bytes: int
+    experiment_id: str
+    baseline_fp: str
+    fp: str
+
+
+def _identify(cfg: Config) -> _Point:
+    """Validate (the model on the meta device: no weights) and fingerprint one combination."""
     validate.check_config(cfg)
     source = models.resolve(cfg.model, cfg.cache_dir)
     meta = validate.meta_model(source, cfg.model.trust_remote_code)
@@ -228,33 +240,36 @@ def run(cfg: Config, parent: str | None = None, sweep_id: str | None = None) -> 
     ignore = recipes.ignore_list(cfg.ignore, cfg.scheme, num_layers)
     validate.check_group_sizes(meta, cfg.scheme, ignore)
     predicted = predict.disk_bytes(meta, cfg.scheme, ignore)
-    del meta
-
-    experiment_id = tracking.setup(cfg.tracking)
     base_fp = baseline_fingerprint(cfg)
     fp = point_fingerprint(cfg, base_fp, ignore)
+    return _Point(source, ignore, predicted, tracking.setup(cfg.tracking), base_fp, fp)
+
+
+def finished_run(cfg: Config) -> Any | None:
+    """The FINISHED run `run(cfg)` would return without work, if the store has one (None under `force`)."""
+    point = _identify(cfg)
+    return None if cfg.force else tracking.find_finished(point.experiment_id, point.fp)
+
+
+def run(cfg: Config, parent: str | None = None, sweep_id: str | None = None) -> Outcome:
+    """Validate, then quantize and evaluate one combination (or return its finished run)."""
+    point = _identify(cfg)
     if not cfg.force:
-        done = tracking.find_finished(experiment_id, fp)
+        done = tracking.find_finished(point.experiment_id, point.fp)
         if done is not None:
             return Outcome(done.info.run_id, "FINISHED", True, done.data.metrics, done.data.params)
 
-    tracking.kill_stale(experiment_id, fp)
-    baseline = ensure_baseline(cfg, source, experiment_id, base_fp, parent)
-    return _run_point(cfg, source, ignore, experiment_id, fp, baseline, parent, sweep_id, predicted)
+    tracking.kill_stale(point.experiment_id, point.fp)
+    baseline = ensure_baseline(cfg, point.source, point.experiment_id, point.baseline_fp, parent)
+    return _run_point(cfg, point, baseline, parent, sweep_id)
 
 
 def _run_point(
-    cfg: Config,
-    source: str,
-    ignore: list[str],
-    experiment_id: str,
-    fp: str,
-    baseline: Any,
-    parent: str | None,
-    sweep_id: str | None,
-    predicted_bytes: int,
+    cfg: Config, point: _Point, baseline: Any, parent: str | None, sweep_id: str | None
 ) -> Outcome:
     import mlflow
+
+    source, ignore, fp = point.source, point.ignore, point.fp
 
     start = time.perf_counter()
     scheme = cfg.scheme
@@ -272,7 +287,7 @@ def _run_point(
         "scheme.weight_bits": recipes.weight_bits(scheme.preset),
     }
     metrics: dict[str, Any] = {}
-    tracked = Tracked(experiment_id, name, _tags("point", fp, extra), parent)
+    tracked = Tracked(point.experiment_id, name, _tags("point", fp, extra), parent)
     with tracked:
         mlflow.log_params(params)
         checkpoint = Path(cfg.output_dir).expanduser() / cfg.model.name / checkpoint_fingerprint(cfg, ignore)
@@ -298,7 +313,7 @@ def _run_point(
         metrics |= footprint.footprint(
             checkpoint, params_count, 1 if scheme.kv_cache_fp8 else 2, base.get("disk_bytes")
         )
-        metrics["disk_bytes_predicted"] = predicted_bytes
+        metrics["disk_bytes_predicted"] = point.predicted_bytes
         if not reused:  # a reused checkpoint cost nothing here: no quantization times are logged
             metrics |= {
                 "time_load_s": q.seconds_load,
