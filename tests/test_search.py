@@ -183,9 +183,10 @@ def test_override_line_reproduces_the_best(studied):
 
 
 def test_a_floor_nothing_clears_is_reported_without_a_best(studied, tiny_model, task_file, calib_file):
-    """Accuracy 1.0 on every item: all trials are pruned at 4 items (upper bound < 1), none is best.
+    """Accuracy 1.0 on every item: every trial is pruned at 4 items (upper bound < 1), none is best.
 
-    Over W4A16 with per-layer-group precision (conf/layers), in the first study's store.
+    Over W4A16 with per-layer-group precision (conf/layers), in the first study's store: a configuration that
+    study evaluated in full skips the 4 items and is judged (infeasible) on its full evaluation.
     """
     work = studied[0]
     cmd = search_cmd(
@@ -209,12 +210,21 @@ def test_a_floor_nothing_clears_is_reported_without_a_best(studied, tiny_model, 
     assert "closest:" in proc.stdout
     study = load(work, "impossible")
     evaluated = [t for t in study.trials if t.user_attrs[search.RECORD]["duplicate_of"] is None]
-    assert [t.state for t in evaluated] == [optuna.trial.TrialState.PRUNED] * 3
+    assert len(evaluated) == 3
+    pruned = [t for t in evaluated if t.state == optuna.trial.TrialState.PRUNED]
+    judged = [t for t in evaluated if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(pruned) + len(judged) == 3 and pruned
+    assert {t.user_attrs[search.RECORD]["verdict"] for t in pruned} == {search.PRUNED_FLOOR}
+    assert all(upper < 1.0 for t in pruned for upper in t.intermediate_values.values())
+    for t in judged:
+        record = t.user_attrs[search.RECORD]
+        assert (
+            record["verdict"] == search.INFEASIBLE and record["low_run_id"] is None and record["full_reused"]
+        )
+    assert proc.stdout.count("evaluated in full before, no low-fidelity evaluation") == len(judged)
     # Each layer group is quantized as its own precision: more bytes than W4A16 alone.
     sizes = {t.params["layers"]: t.user_attrs[search.RECORD]["objective"] for t in evaluated}
     assert sizes["none"] < min(sizes["down_proj_w8"], sizes["attn_w8"])
-    assert {t.user_attrs[search.RECORD]["verdict"] for t in study.trials} == {search.PRUNED_FLOOR}
-    assert all(upper < 1.0 for t in evaluated for upper in t.intermediate_values.values())
     with pytest.raises(ValueError):
         study.best_trial  # noqa: B018 - Optuna has no best either
 

@@ -29,7 +29,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from quantsweep import cli, models, pipeline, predict, recipes, search, sweep, validate
 from quantsweep.config import SearchConfig
@@ -379,7 +379,10 @@ class QuantsweepOptunaSweeper(Sweeper):
     def _fully_evaluated(self, t: _Trial) -> bool:
         """Whether MLflow holds a FINISHED full evaluation of this trial's configuration (nothing loaded)."""
         try:
-            done = pipeline.finished_run(self._compose(t.overrides)) is not None
+            cfg = self._compose(t.overrides)
+            with read_write(cfg), open_dict(cfg):  # the job's config, as the task function gets it
+                del cfg["hydra"]
+            done = pipeline.finished_run(cfg) is not None
         except (ConfigError, HydraException):  # the launched job reports it
             return False
         if done:
