@@ -17,6 +17,7 @@ when Hydra scans its plugins at every start of run.py.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from quantsweep import cli, models, pipeline, predict, recipes, search, sweep, validate
+from quantsweep import cli, models, pipeline, recipes, search, sweep, validate
 from quantsweep.config import SearchConfig
 from quantsweep.devices import ENV_GPUS
 from quantsweep.errors import ConfigError
@@ -79,13 +80,16 @@ class _Plan:
     # None: every trial gets the full evaluation only.
     low_limit: int | None
     identity: dict[str, Any]
-    configurations: list[dict[str, str]]
     # smallest_first: the buildable configurations in ascending predicted objective, and those predictions.
     order: list[dict[str, str]] | None = None
     predicted: dict[tuple[tuple[str, str], ...], float] = field(default_factory=dict)
 
     def grouped(self, params: dict[str, str]) -> bool:
         return search.has_groups(self.presets.get(params.get("scheme", ""), self.base_preset))
+
+    @functools.cached_property
+    def configurations(self) -> list[dict[str, str]]:
+        return self.space.configurations(self.grouped)
 
 
 @dataclass
@@ -165,9 +169,7 @@ class QuantsweepOptunaSweeper(Sweeper):
             search.z_value(settings.prune_confidence),
             low,
             identity,
-            [],
         )
-        plan.configurations = space.configurations(plan.grouped)
         if settings.sampler == "smallest_first":
             self._order(plan, base)
         return plan
@@ -179,19 +181,15 @@ class QuantsweepOptunaSweeper(Sweeper):
         s = plan.search
         source = models.resolve(base.model, base.cache_dir)
         meta = validate.meta_model(source, base.model.trust_remote_code)
-        num_layers = meta.config.get_text_config().num_hidden_layers
         sizes: dict[tuple[tuple[str, str], ...], tuple[float, int]] = {}
         left_out = []
         for params in plan.configurations:
             cfg = self._compose([*plan.space.fixed, *(f"{k}={v}" for k, v in params.items())])
-            scheme = OmegaConf.to_object(cfg.scheme)
-            ignore = recipes.ignore_list(cfg.ignore, scheme, num_layers)
             try:
-                validate.check_group_sizes(meta, scheme, ignore)
+                _, size = pipeline.fit(meta, OmegaConf.to_object(cfg.scheme), cfg.ignore)
             except ConfigError as exc:
                 left_out.append(f"{search.describe(params)} ({exc})")
                 continue
-            size = predict.disk_bytes(meta, scheme, ignore)
             sizes[search.key(params)] = (search.predicted_objective(size, s.objective, s.gpu_mem_gb), size)
         plan.order = sorted(
             (c for c in plan.configurations if search.key(c) in sizes), key=lambda c: sizes[search.key(c)]
@@ -584,14 +582,11 @@ def _best_size(study: Any) -> float | None:
 
 
 def _earlier(study: Any, params: dict[str, str], first_trial: int) -> Any:
-    """The trial that evaluated this configuration and whose outcome stands: COMPLETE, PRUNED, or failed in
-    this session (a failure from an earlier session is retried: it may have been a crash, not the config)."""
-    for trial in study.get_trials(deepcopy=False):
-        record = trial.user_attrs.get(search.RECORD)
-        if record is None or record["params"] != params or record["duplicate_of"] is not None:
-            continue
-        if trial.state != _state("FAIL") or trial.number >= first_trial:
-            return trial
+    """The trial that evaluated this configuration and whose outcome `search.stands`."""
+    trials = study.get_trials(deepcopy=False)
+    for r in _records(trials):
+        if r.params == params and search.stands(r, first_trial):
+            return trials[r.number]
     return None
 
 

@@ -18,7 +18,7 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 
 from quantsweep import devices, footprint, models, predict, recipes, tracking, validate
-from quantsweep.config import Config
+from quantsweep.config import Config, IgnoreConfig, SchemeConfig
 from quantsweep.evaluate import EvalResult, eval_dtype, evaluate
 from quantsweep.hellaswag_file import digest
 from quantsweep.quantize import quantize
@@ -231,15 +231,20 @@ class _Point:
     fp: str
 
 
+def fit(meta: Any, scheme: SchemeConfig, ignore_cfg: IgnoreConfig) -> tuple[list[str], int]:
+    """A scheme and ignore list laid on a model's layers (built on the meta device): the ignore patterns
+    expanded for its depth, checked against its layer sizes, and the checkpoint's predicted bytes."""
+    num_layers = meta.config.get_text_config().num_hidden_layers
+    ignore = recipes.ignore_list(ignore_cfg, scheme, num_layers)
+    validate.check_group_sizes(meta, scheme, ignore)
+    return ignore, predict.disk_bytes(meta, scheme, ignore)
+
+
 def _identify(cfg: Config) -> _Point:
     """Validate (the model on the meta device: no weights) and fingerprint one combination."""
     validate.check_config(cfg)
     source = models.resolve(cfg.model, cfg.cache_dir)
-    meta = validate.meta_model(source, cfg.model.trust_remote_code)
-    num_layers = meta.config.get_text_config().num_hidden_layers
-    ignore = recipes.ignore_list(cfg.ignore, cfg.scheme, num_layers)
-    validate.check_group_sizes(meta, cfg.scheme, ignore)
-    predicted = predict.disk_bytes(meta, cfg.scheme, ignore)
+    ignore, predicted = fit(validate.meta_model(source, cfg.model.trust_remote_code), cfg.scheme, cfg.ignore)
     base_fp = baseline_fingerprint(cfg)
     fp = point_fingerprint(cfg, base_fp, ignore)
     return _Point(source, ignore, predicted, tracking.setup(cfg.tracking), base_fp, fp)

@@ -34,8 +34,8 @@ def checkpoint_dtype(config: Any) -> torch.dtype:
 
 
 def quantized_layers(model: Any, scheme: SchemeConfig, ignore: list[str]) -> dict[str, tuple[Any, Any]]:
-    """{module name: (module, its QuantizationScheme)}: per-layer-group targets win over `Linear`,
-    as compressed-tensors resolves them (the same rule `validate.check_group_sizes` applies)."""
+    """{module name: (module, its QuantizationScheme)}: per-layer-group targets win over `Linear`, as
+    compressed-tensors resolves them (exact names and `re:` patterns before the class target)."""
     from compressed_tensors.utils import match_named_modules
 
     groups = recipes.config_groups(scheme)

@@ -104,16 +104,24 @@ def objective_value(metrics: dict[str, float], objective: str, gpu_mem_gb: float
     """The size to minimise: bytes on disk, estimated weights vRAM in bytes, or GPUs for that vRAM."""
     if objective == "disk_bytes":
         return float(metrics["disk_bytes"])
-    vram = metrics["weights_vram_est_gib"] * GIB
-    return vram if objective == "weights_vram" else float(sizing.gpus_needed_total(vram, gpu_mem_gb))
+    return _vram_objective(metrics["weights_vram_est_gib"] * GIB, objective, gpu_mem_gb)
 
 
 def predicted_objective(disk_bytes: float, objective: str, gpu_mem_gb: float) -> float:
     """`objective_value` for a predicted checkpoint size (the vRAM estimate is stored bytes × overhead)."""
     if objective == "disk_bytes":
         return float(disk_bytes)
-    vram = disk_bytes * sizing.OVERHEAD
+    return _vram_objective(disk_bytes * sizing.OVERHEAD, objective, gpu_mem_gb)
+
+
+def _vram_objective(vram: float, objective: str, gpu_mem_gb: float) -> float:
     return vram if objective == "weights_vram" else float(sizing.gpus_needed_total(vram, gpu_mem_gb))
+
+
+def stands(record: TrialRecord, first_trial: int) -> bool:
+    """Whether a trial's outcome is final for its configuration: its own (not a repeat's copy), and not a
+    failure from an earlier session (that one is retried: it may have been a crash, not the configuration)."""
+    return record.duplicate_of is None and (record.verdict != FAILED or record.number >= first_trial)
 
 
 def key(params: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -131,15 +139,10 @@ def next_smallest(
     """The `smallest_first` sampler: the k smallest configurations not tried yet that could still beat the
     best feasible one (predicted strictly smaller), in `order` (ascending predicted size).
 
-    A configuration tried in this session or found COMPLETE/PRUNED earlier is done; one that failed in an
-    earlier session is tried again (it may have been a crash, not the configuration). Empty when the best
-    feasible configuration is known to be the smallest: everything predicted smaller has been evaluated.
+    A configuration whose outcome `stands` is done. Empty when the best feasible configuration is known to
+    be the smallest: everything predicted smaller has been evaluated.
     """
-    done = {
-        key(r.params)
-        for r in records
-        if r.duplicate_of is None and (r.verdict != FAILED or r.number >= first_trial)
-    }
+    done = {key(r.params) for r in records if stands(r, first_trial)}
     feasible = [
         predicted[key(r.params)] for r in records if r.verdict == FEASIBLE and key(r.params) in predicted
     ]
