@@ -6,12 +6,14 @@
 # /tmp/smol/done/ (ALL_DONE when finished).
 #   On the host, from the project root:  bash bench/gpu_smollm2.sh closing|search
 #   closing: the issue-2 figures, baseline and W4A16 g64 RTN and GPTQ, HellaSwag 5-shot, 250 items.
-#   search:  issue 4, smallest-first and TPE studies against the exhaustive grid on 24 configurations.
+#   search:  issue 4, smallest-first studies against the exhaustive grid (env SEARCHES, SPACE, OVERRIDES).
 set -u
 what=${1:?closing or search}
 # The studies to run against the grid (search_vs_grid.py --search), e.g. SEARCHES="smallest_first:none".
 searches=""
 for s in ${SEARCHES:-smallest_first:50 smallest_first:none}; do searches="$searches --search $s"; done
+# The space (search_vs_grid.py's options), e.g. SPACE="--algorithms RTN,GPTQ --layers none".
+space=${SPACE:---schemes W4A16,W4A16_ASYM --group-sizes 32,64 --ignores lm_head,lm_head_first_last,lm_head_attn --layers none,down_proj_w8}
 # Extra Hydra overrides for every run of the comparison, e.g. OVERRIDES="eval.batch_size=32".
 for o in ${OVERRIDES:-}; do searches="$searches --override $o"; done
 . .gpu/install.sh
@@ -28,10 +30,14 @@ nvidia-smi --query-gpu=name --format=csv,noheader > /tmp/smol/done/gpu.txt
       scheme.algorithm=RTN,GPTQ calibration=hellaswag_file > /tmp/smol/done/closing.log 2>&1
   else
     python bench/search_vs_grid.py /tmp/smol/done/search_vs_grid.md --work /tmp/sg --limit 250 \
-      --num-fewshot 5 --n-trials 24 $searches \
-      --schemes W4A16,W4A16_ASYM --group-sizes 32,64 --ignores lm_head,lm_head_first_last,lm_head_attn \
-      --layers none,down_proj_w8 > /tmp/smol/done/search.log 2>&1
-    for d in /tmp/sg/search*; do cp "$d/run.log" "/tmp/smol/done/$(basename "$d").log"; done
+      --num-fewshot 5 --n-trials 24 $searches $space > /tmp/smol/done/search.log 2>&1 &
+    bench=$!
+    # Copy the studies' logs as they finish too, so a host taken back early still returns them.
+    while kill -0 $bench 2>/dev/null; do
+      for d in /tmp/sg/grid /tmp/sg/search*; do [ -f "$d/run.log" ] && cp "$d/run.log" "/tmp/smol/done/$(basename "$d").log"; done
+      sleep 20
+    done
+    for d in /tmp/sg/grid /tmp/sg/search*; do cp "$d/run.log" "/tmp/smol/done/$(basename "$d").log"; done
   fi
   touch /tmp/smol/done/ALL_DONE
 ) &

@@ -1,8 +1,10 @@
 """Does the Optuna search find the exhaustive grid's answer for less? Run both on one space and compare.
 
 (a) the grid: every configuration, fully evaluated (`run.py -m`, the quantsweep_grid sweeper);
-(b) one study per `--search SAMPLER:LOW` (default `smallest_first:25`; LOW items of the low-fidelity
-    evaluation, or `none`): `sweep=search_smallest` narrowed to the same space.
+(b) one study per `--search SAMPLER:LOW[:FLOOR]` (default `smallest_first:25`; LOW items of the
+    low-fidelity evaluation, or `none`; FLOOR, if given, replaces --floor for that study, and the grid's
+    answer is read again at it, so one grid serves several floors): `sweep=search_smallest` narrowed to the
+    same space.
 Each gets its own MLflow store and checkpoint folder under --work, so none reuses another's points.
 The grid's best is judged by the search's own rule (lower confidence bound of what the floor is on ≥ floor,
 then smallest on disk), from its MLflow runs.
@@ -49,9 +51,11 @@ class Side:
     full_evaluations: int
     low_evaluations: int
     eval_seconds: float
+    eval_tokens: float
     failed: int
     best: str
     best_bytes: float | None
+    floor: float = 0.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,13 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--search",
         action="append",
         type=variant,
-        help="SAMPLER:LOW, a study to run (repeatable): sampler, and low-fidelity items or none",
+        help="SAMPLER:LOW[:FLOOR], a study to run (repeatable): sampler, low-fidelity items or none, "
+        "and its floor (default --floor)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--schemes", default="W4A16,W4A16_ASYM,W8A16", help="schemes with weight groups")
     p.add_argument("--group-sizes", default="32,64")
     p.add_argument("--ignores", default="lm_head,lm_head_first_last,lm_head_attn")
     p.add_argument("--layers", default="none,down_proj_w8")
+    p.add_argument("--algorithms", default="RTN", help="e.g. RTN,GPTQ (GPTQ calibrates on hellaswag_file)")
     p.add_argument(
         "--override",
         action="append",
@@ -84,22 +90,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def variant(text: str) -> tuple[str, int | None]:
-    sampler, _, low = text.partition(":")
+def variant(text: str) -> tuple[str, int | None, float | None]:
+    sampler, _, rest = text.partition(":")
+    low, _, floor = rest.partition(":")
     if sampler not in search.SAMPLERS:
         raise argparse.ArgumentTypeError(f"sampler {sampler!r}; choose one of {', '.join(search.SAMPLERS)}")
-    return sampler, None if low in ("", "none") else int(low)
+    return sampler, None if low in ("", "none") else int(low), float(floor) if floor else None
 
 
 def space(args: argparse.Namespace) -> list[str]:
     """The swept keys as Hydra overrides; a single value is a fixed setting."""
     keys = {"scheme": args.schemes, "scheme.group_size": args.group_sizes, "ignore": args.ignores}
     keys["layers"] = args.layers
+    keys["scheme.algorithm"] = args.algorithms
     return [f"{k}={v}" for k, v in keys.items()]
 
 
 def size_of_space(args: argparse.Namespace) -> int:
-    return math.prod(len(v.split(",")) for v in (args.schemes, args.group_sizes, args.ignores, args.layers))
+    dims = (args.schemes, args.group_sizes, args.ignores, args.layers, args.algorithms)
+    return math.prod(len(v.split(",")) for v in dims)
 
 
 def common(args: argparse.Namespace, work: Path) -> list[str]:
@@ -107,7 +116,8 @@ def common(args: argparse.Namespace, work: Path) -> list[str]:
         "eval=hellaswag_file",
         f"eval.limit={args.limit}",
         f"eval.num_fewshot={args.num_fewshot}",
-        "scheme.algorithm=RTN",
+        # GPTQ's calibration, offline; the search sweep selects it too, so both sides key checkpoints alike.
+        "calibration=hellaswag_file",
         f"tracking.uri=sqlite:///{work}/mlruns/mlflow.db",
         f"tracking.artifact_location={work}/mlruns/artifacts",
         f"output_dir={work}/checkpoints",
@@ -150,7 +160,8 @@ def label(params: dict[str, str]) -> str:
         k.removeprefix("scheme.layer_overrides."): v for k, v in params.items() if "overrides." in k
     }
     text = (
-        f"{params.get('scheme.name')} g{params.get('scheme.group_size')} ignore={params.get('ignore.name')}"
+        f"{params.get('scheme.name')} {params.get('scheme.algorithm')} g{params.get('scheme.group_size')} "
+        f"ignore={params.get('ignore.name')}"
     )
     return text + "".join(f" {target}:{preset}" for target, preset in sorted(overrides.items()))
 
@@ -171,6 +182,7 @@ def bill(
         full_evaluations=len(full),
         low_evaluations=len(evaluated_points) - len(full),
         eval_seconds=sum(r.data.metrics["time_eval_s"] for r in evaluated),
+        eval_tokens=sum(r.data.metrics.get("eval_tokens", 0.0) for r in evaluated),
         failed=len([r for r in points if r.info.status == "FAILED"]),
         best="-",
         best_bytes=None,
@@ -178,7 +190,7 @@ def bill(
     return side, points, full
 
 
-def grid_best(full: list[Any], args: argparse.Namespace) -> tuple[str, float | None]:
+def grid_best(full: list[Any], args: argparse.Namespace, floor: float) -> tuple[str, float | None]:
     """The grid's answer by the search's rule: smallest on disk whose lower bound clears the floor."""
     z = search.z_value(args.confidence)
     feasible = []
@@ -186,7 +198,7 @@ def grid_best(full: list[Any], args: argparse.Namespace) -> tuple[str, float | N
         if r.info.status != "FINISHED":
             continue
         b = search.bound(r.data.metrics, args.floor_on, z)
-        if b is not None and b.lower >= args.floor:
+        if b is not None and b.lower >= floor:
             feasible.append((r.data.metrics["disk_bytes"], -b.lower, label(r.data.params), r))
     if not feasible:
         return "no configuration clears the floor", None
@@ -210,32 +222,50 @@ def search_best(work: Path, points: list[Any]) -> tuple[str, float | None]:
     return label(run.data.params), top.disk_bytes
 
 
-def table(grid: Side, studies: list[Side], args: argparse.Namespace, configurations: int) -> str:
+def table(
+    grid: Side,
+    studies: list[Side],
+    answers: dict[float, tuple[str, float | None]],
+    args: argparse.Namespace,
+    configurations: int,
+) -> str:
+    """One column per approach; each study is judged against the grid's answer at the study's floor."""
+
     def mib(b: float | None) -> str:
         return "-" if b is None else f"{b / 2**20:.2f}"
 
     sides = [grid, *studies]
     rows = [
+        ("floor", [f"{x.floor:g}" for x in sides]),
         ("best feasible configuration", [x.best for x in sides]),
         ("its size on disk (MiB)", [mib(x.best_bytes) for x in sides]),
+        ("the grid's answer at this floor", ["-", *(answers[x.floor][0] for x in studies)]),
+        ("same answer as the grid", ["-", *(_same(answers[x.floor], x) for x in studies)]),
         ("quantizations", [str(x.quantizations) for x in sides]),
         (f"full evaluations ({args.limit} items)", [str(x.full_evaluations) for x in sides]),
         ("low-fidelity evaluations", ["-", *(str(x.low_evaluations) for x in studies)]),
         ("failed points", [str(x.failed) for x in sides]),
         (
             "evaluation seconds (MLflow time_eval_s, baselines included)",
-            [f"{x.eval_seconds:.0f}" for x in sides],
+            [f"{x.eval_seconds:.1f}" for x in sides],
         ),
-        ("evaluation cost / grid's", ["1", *(f"{x.eval_seconds / grid.eval_seconds:.2f}" for x in studies)]),
-        ("same answer as the grid", ["-", *(_same(grid, x) for x in studies)]),
+        (
+            "evaluation seconds / grid's",
+            ["1", *(f"{x.eval_seconds / grid.eval_seconds:.3f}" for x in studies)],
+        ),
+        ("tokens evaluated (MLflow eval_tokens)", [f"{x.eval_tokens:,.0f}" for x in sides]),
+        (
+            "tokens / grid's",
+            ["1", *(f"{x.eval_tokens / grid.eval_tokens:.3f}" if grid.eval_tokens else "-" for x in studies)],
+        ),
         ("wall seconds", [f"{x.seconds:.0f}" for x in sides]),
         ("exit code", [str(x.exit_code) for x in sides]),
     ]
     lines = [
-        f"Search vs grid: {configurations} configurations ({args.schemes} × group {args.group_sizes} × "
-        f"{args.ignores} × layers {args.layers}, RTN), eval hellaswag_file {args.num_fewshot}-shot, "
-        f"{args.limit} items; feasible: {args.floor_on} {args.confidence:.0%} lower bound ≥ {args.floor}; "
-        f"studies: budget {args.n_trials} configurations, seed {args.seed}.",
+        f"Search vs grid: {configurations} configurations ({args.schemes} × {args.algorithms} × group "
+        f"{args.group_sizes} × {args.ignores} × layers {args.layers}), eval hellaswag_file "
+        f"{args.num_fewshot}-shot, {args.limit} items; feasible: {args.floor_on} {args.confidence:.0%} lower "
+        f"bound ≥ floor; studies: budget {args.n_trials} configurations, seed {args.seed}.",
         "",
         "| | " + " | ".join(x.name for x in sides) + " |",
         "|---|" + "---|" * len(sides),
@@ -244,12 +274,13 @@ def table(grid: Side, studies: list[Side], args: argparse.Namespace, configurati
     return "\n".join(lines)
 
 
-def _same(grid: Side, study: Side) -> str:
-    if grid.best_bytes is None or study.best_bytes is None:
-        return "yes" if grid.best_bytes == study.best_bytes else "no"
-    if study.best_bytes == grid.best_bytes:
-        return "yes"
-    return f"no ({100 * (study.best_bytes / grid.best_bytes - 1):+.1f}% size)"
+def _same(grid: tuple[str, float | None], study: Side) -> str:
+    grid_label, grid_bytes = grid
+    if grid_bytes is None or study.best_bytes is None:
+        return "yes" if grid_bytes == study.best_bytes else "no"
+    if study.best_bytes == grid_bytes:
+        return "yes" if study.best == grid_label else "same size (a configuration of equal size)"
+    return f"no ({100 * (study.best_bytes / grid_bytes - 1):+.1f}% size)"
 
 
 def grid_points(points: list[Any], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -261,6 +292,8 @@ def grid_points(points: list[Any], args: argparse.Namespace) -> list[dict[str, A
         "accuracy_stderr",
         "recovery",
         "recovery_stderr",
+        "time_eval_s",
+        "eval_tokens",
     )
     rows = [
         {"configuration": label(r.data.params), "status": r.info.status}
@@ -280,15 +313,20 @@ def main(argv: list[str] | None = None) -> int:
         [py, "run.py", "-m", *space(args), *common(args, grid_work)], grid_work / "run.log"
     )
     grid, _, grid_full = bill("grid", grid_work, seconds, code, args.limit)
-    grid.best, grid.best_bytes = grid_best(grid_full, args)
+    grid.floor = args.floor
+    grid.best, grid.best_bytes = grid_best(grid_full, args, args.floor)
+    answers = {args.floor: (grid.best, grid.best_bytes)}
 
     grid_rows = grid_points(_all_points(grid_work), args)
-    studies = []
-    for i, (sampler, low) in enumerate(args.search or [("smallest_first", 25)]):
-        study_work = work / f"search{i}-{sampler}-{low or 'full'}"
+    studies: list[Side] = []
+    write(args.out, table(grid, studies, answers, args, configurations), grid_rows)
+    for i, (sampler, low, floor) in enumerate(args.search or [("smallest_first", 25, None)]):
+        floor = args.floor if floor is None else floor
+        answers.setdefault(floor, grid_best(grid_full, args, floor))
+        study_work = work / f"search{i}-{sampler}-{low or 'full'}-{floor:g}"
         settings = [
             "sweep=search_smallest",
-            f"search.floor={args.floor}",
+            f"search.floor={floor}",
             f"search.floor_on={args.floor_on}",
             f"search.confidence={args.confidence}",
             f"search.low_fidelity_limit={'null' if low is None else low}",
@@ -301,17 +339,21 @@ def main(argv: list[str] | None = None) -> int:
         seconds, code = launch(
             [py, "run.py", "-m", *settings, *space(args), *common(args, study_work)], study_work / "run.log"
         )
-        name = f"{sampler}, low fidelity {low or '-'}"
+        name = f"{sampler}, low fidelity {low or '-'}, floor {floor:g}"
         study, study_points, _ = bill(name, study_work, seconds, code, args.limit)
+        study.floor = floor
         study.best, study.best_bytes = search_best(study_work, study_points)
         studies.append(study)
-
-    text = table(grid, studies, args, configurations)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    args.out.with_suffix(".grid.json").write_text(json.dumps(grid_rows, indent=1) + "\n")
+        write(args.out, table(grid, studies, answers, args, configurations), grid_rows)
+    print(args.out.read_text() if studies else "")
     return 0
+
+
+def write(out: Path, text: str, grid_rows: list[dict[str, Any]]) -> None:
+    """After the grid and after each study, so a run cut short keeps what it finished."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    out.with_suffix(".grid.json").write_text(json.dumps(grid_rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
