@@ -119,3 +119,16 @@ def test_cli_reports_one_line_and_exit_code_2(tiny_model, task_file, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("quantsweep: error: scheme.group_size=128")
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_calibration_jsonl_without_the_text_field(make_cfg, tmp_path):
+    records = tmp_path / "calib.jsonl"
+    records.write_text('{"prompt": "a b c"}\n')
+    cfg = make_cfg("scheme=W4A16_GPTQ", "scheme.group_size=64", f"calibration.dataset={records}")
+    field = cfg.calibration.text_field
+    assert_rejected(cfg, f"calibration.text_field={field!r}", "prompt", "calibration.layout=hellaswag")
+
+
+def test_unknown_calibration_layout(make_cfg):
+    cfg = make_cfg("scheme=W4A16_GPTQ", "scheme.group_size=64", "calibration.layout=csv")
+    assert_rejected(cfg, "calibration.layout='csv'", "hellaswag")

@@ -11,29 +11,56 @@ from quantsweep.config import CalibrationConfig
 from quantsweep.errors import ConfigError
 from quantsweep.models import looks_local
 
-# Local layouts by suffix; `.bz2` files are read as HellaSwag (the only compressed layout we take).
+# Local layouts by suffix (calibration.layout=auto); `.bz2` files are read as HellaSwag.
 LAYOUTS = {".txt": "text", ".jsonl": "jsonl", ".json": "jsonl", ".bz2": "hellaswag"}
+KINDS = ("auto", "text", "jsonl", "hellaswag")
 
 
-def layout(path: str) -> str:
-    found = LAYOUTS.get(Path(path).suffix)
+def layout(cfg: CalibrationConfig) -> str:
+    """The layout a local file is read in: the configured one, or the one its suffix implies."""
+    if cfg.layout not in KINDS:
+        raise ConfigError(f"calibration.layout={cfg.layout!r}; choose one of {', '.join(KINDS)}")
+    if cfg.layout != "auto":
+        return cfg.layout
+    found = LAYOUTS.get(Path(cfg.dataset).suffix)
     if found is None:
         raise ConfigError(
-            f"calibration.dataset={path!r}: unknown file type; use a .txt (one sample per non-empty "
-            "line), a .jsonl (field calibration.text_field) or a HellaSwag .txt.bz2 file"
+            f"calibration.dataset={cfg.dataset!r}: unknown file type; use a .txt (one sample per non-empty "
+            "line), a .jsonl (field calibration.text_field) or a HellaSwag .txt.bz2 file, or set "
+            f"calibration.layout to one of {', '.join(KINDS[1:])}"
         )
     return found
 
 
+def identity(cfg: CalibrationConfig) -> dict[str, Any]:
+    """What a calibrated checkpoint depends on: every setting but the name; the layout only where it
+    differs from what the suffix implies, so checkpoints made before the setting existed keep their key."""
+    values = {k: getattr(cfg, k) for k in CalibrationConfig.__dataclass_fields__ if k != "name"}
+    implied = LAYOUTS.get(Path(cfg.dataset).suffix) if looks_local(cfg.dataset) else None
+    if cfg.layout in ("auto", implied):
+        del values["layout"]
+    return values | {"name": None}
+
+
 def check(cfg: CalibrationConfig) -> None:
-    """Pre-flight: a local dataset must exist and have a known layout."""
+    """Pre-flight: a local dataset must exist and read in its layout (first record), before any work."""
     if looks_local(cfg.dataset):
-        if not Path(cfg.dataset).expanduser().is_file():
+        path = Path(cfg.dataset).expanduser()
+        if not path.is_file():
             raise ConfigError(
                 f"calibration.dataset={cfg.dataset!r} does not exist; point it at a local "
                 ".txt/.jsonl file or a hub dataset id"
             )
-        layout(cfg.dataset)
+        kind = layout(cfg)
+        if kind == "hellaswag":
+            hellaswag_file.check(path)
+        elif kind == "jsonl":
+            _check_field(cfg, path)
+    elif cfg.layout != "auto":
+        raise ConfigError(
+            f"calibration.layout={cfg.layout!r} reads local files, and calibration.dataset={cfg.dataset!r} "
+            "is not one; leave calibration.layout=auto for a hub dataset"
+        )
     if cfg.num_samples < 1 or cfg.max_seq_length < 1:
         raise ConfigError(
             f"calibration.num_samples={cfg.num_samples} and calibration.max_seq_length="
@@ -41,9 +68,25 @@ def check(cfg: CalibrationConfig) -> None:
         )
 
 
+def _check_field(cfg: CalibrationConfig, path: Path) -> None:
+    with path.open() as lines:
+        first = next((line for line in lines if line.strip()), None)
+    try:
+        record = json.loads(first) if first is not None else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"calibration.dataset={cfg.dataset!r}: first line is not JSON ({exc})") from exc
+    if not isinstance(record, dict) or cfg.text_field not in record:
+        found = ", ".join(record) if isinstance(record, dict) else "no object"
+        raise ConfigError(
+            f"calibration.dataset={cfg.dataset!r}: its first record has no field "
+            f"calibration.text_field={cfg.text_field!r} (it has: {found}); set calibration.text_field, "
+            "or calibration.layout=hellaswag for a HellaSwag file"
+        )
+
+
 def _local_texts(cfg: CalibrationConfig) -> list[str]:
     path = Path(cfg.dataset).expanduser()
-    kind = layout(cfg.dataset)
+    kind = layout(cfg)
     if kind == "hellaswag":
         return [
             item["query"] + " " + item["choices"][item["label"]] for item in hellaswag_file.read_items(path)

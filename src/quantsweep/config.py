@@ -69,6 +69,9 @@ class CalibrationConfig:
     name: str = "default"
     # A local .txt / .jsonl / HellaSwag file, or a hub dataset id.
     dataset: str = MISSING
+    # How a local file is read: auto (by suffix: .txt a sample per line, .jsonl/.json `text_field`, .bz2
+    # HellaSwag), text, jsonl, or hellaswag (context + gold ending, in any layout eval=hellaswag_file reads).
+    layout: str = "auto"
     split: str = "train"
     text_field: str = "text"
     # Records to skip at the start of a local file (e.g. to stay clear of the evaluated items).

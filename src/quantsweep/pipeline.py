@@ -17,7 +17,7 @@ from typing import Any
 from filelock import FileLock
 from omegaconf import OmegaConf
 
-from quantsweep import devices, footprint, models, predict, recipes, tracking, validate
+from quantsweep import calibration, devices, footprint, models, predict, recipes, tracking, validate
 from quantsweep.config import Config, IgnoreConfig, SchemeConfig
 from quantsweep.evaluate import EvalResult, eval_dtype, evaluate
 from quantsweep.hellaswag_file import digest
@@ -74,7 +74,7 @@ def _quantization_identity(cfg: Config, ignore: list[str]) -> dict[str, Any]:
     return {
         "scheme": as_dict(cfg)["scheme"] | {"name": None},
         "ignore": ignore,
-        "calibration": as_dict(cfg)["calibration"] | {"name": None} if uses_data else None,
+        "calibration": calibration.identity(cfg.calibration) if uses_data else None,
         "seed": cfg.seed,
         "llmcompressor": versions["llmcompressor"],
         "compressed-tensors": versions["compressed-tensors"],
