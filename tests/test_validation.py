@@ -132,3 +132,33 @@ def test_calibration_jsonl_without_the_text_field(make_cfg, tmp_path):
 def test_unknown_calibration_layout(make_cfg):
     cfg = make_cfg("scheme=W4A16_GPTQ", "scheme.group_size=64", "calibration.layout=csv")
     assert_rejected(cfg, "calibration.layout='csv'", "hellaswag")
+
+
+def _fit(make_cfg, tiny_model, *overrides: str, extra: dict[str, str] | None = None):
+    """The group-size check of a run, on the tiny model built on the meta device (no weights)."""
+    from omegaconf import open_dict
+
+    from quantsweep.validate import meta_model
+
+    cfg = make_cfg(*overrides)
+    with open_dict(cfg):
+        cfg.scheme.layer_overrides.update(extra or {})
+    return pipeline.fit(meta_model(str(tiny_model)), cfg.scheme, cfg.ignore)
+
+
+def test_layers_a_channel_wise_override_takes_are_not_held_to_the_group_size(make_cfg, tiny_model):
+    # Groups of 128 fit only the down projections (input 384); the other layers take 192. Attention is in
+    # W8A8, so only gate and up (2 layers x 2) are refused; then with them in W8A8 too, nothing is.
+    with pytest.raises(ConfigError, match=r"group_size=128 .* 4 targeted layers .*gate_proj: 192"):
+        _fit(make_cfg, tiny_model, "scheme=W4A16", "layers=attn_w8")
+    # With attention and gate/up in channel-wise W8A8, only the down projections remain in groups of 128.
+    _fit(make_cfg, tiny_model, "scheme=W4A16", "layers=attn_w8", extra={"re:.*(gate|up)_proj": "W8A8"})
+
+
+def test_a_group_wise_override_that_does_not_divide_its_layers(make_cfg, tiny_model):
+    target = "re:.*self_attn\\..*_proj"
+    with pytest.raises(ConfigError) as err:
+        _fit(make_cfg, tiny_model, "scheme=W4A16", "scheme.group_size=64", extra={target: "W8A16"})
+    message = str(err.value)
+    assert f"scheme.layer_overrides[{target!r}]=W8A16" in message and "192" in message, message
+    assert "W8A8" in message, message

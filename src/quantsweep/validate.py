@@ -108,26 +108,37 @@ def meta_model(source: str, trust_remote_code: bool = False) -> Any:
 
 
 def check_group_sizes(model: Any, scheme: SchemeConfig, ignore: list[str]) -> None:
-    """Group-wise schemes need each targeted layer's input size divisible by the group size."""
-    from compressed_tensors.utils import match_named_modules
+    """Group-wise weights need each layer's input size divisible by the group size of the config group
+    that layer gets. Layers are matched as compressed-tensors matches them (`predict.quantized_layers`):
+    a layer a per-layer-group override takes is held to that override's preset, not to the main scheme."""
+    from compressed_tensors.quantization import QuantizationStrategy
 
-    sizes = recipes.weight_group_sizes(scheme)
-    overrides = [t for t in sizes if t != "Linear"]
-    bad: list[tuple[str, int, int]] = []
-    for target, group in sizes.items():
-        skip = ignore + (overrides if target == "Linear" else [])
-        for name, module in match_named_modules(model, [target], skip):
-            columns = int(module.weight.shape[-1])
-            if columns % group:
-                bad.append((name, columns, group))
-    if bad:
-        name, columns, group = bad[0]
-        sizes_seen = sorted({c for _, c, _ in bad})
-        fits = _largest_dividing_power_of_two(sizes_seen, group)
+    from quantsweep.predict import quantized_layers
+
+    grouped = (QuantizationStrategy.GROUP, QuantizationStrategy.TENSOR_GROUP)
+    bad: list[tuple[str, int, int, list[str]]] = []
+    for name, (module, group) in quantized_layers(model, scheme, ignore).items():
+        if group.weights.strategy not in grouped:
+            continue
+        columns, size = int(module.weight.shape[-1]), int(group.weights.group_size)
+        if columns % size:
+            bad.append((name, columns, size, list(group.targets)))
+    if not bad:
+        return
+    main = [b for b in bad if "Linear" in b[3]]
+    name, columns, size, targets = (main or bad)[0]
+    if main:
+        fits = _largest_dividing_power_of_two(sorted({c for _, c, _, _ in main}), size)
         raise ConfigError(
-            f"scheme.group_size={group} does not divide the input size of {len(bad)} targeted layers "
+            f"scheme.group_size={size} does not divide the input size of {len(main)} targeted layers "
             f"(e.g. {name}: {columns}); use scheme.group_size={fits}, or add those layers to ignore"
         )
+    target = targets[0]
+    raise ConfigError(
+        f"scheme.layer_overrides[{target!r}]={scheme.layer_overrides[target]} has groups of {size}, which do "
+        f"not divide the input size of {len(bad)} layers it takes (e.g. {name}: {columns}); give them a "
+        "channel-wise preset (W8A8, FP8_dynamic), or add them to ignore"
+    )
 
 
 def _largest_dividing_power_of_two(columns: list[int], below: int) -> int:
