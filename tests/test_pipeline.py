@@ -67,6 +67,34 @@ def test_one_run_logs_size_accuracy_recovery_timings_and_artifacts(first):
     assert results["results"]["hellaswag_file"]["acc_norm,none"] == m["accuracy"]
 
 
+def test_recovery_stderr_is_paired_over_the_items_both_runs_scored(first):
+    cfg, outcome = first
+    run = mlflow.get_run(outcome.run_id)
+    m = run.data.metrics
+    items = tracking.load_items(outcome.run_id)["hellaswag_file"]["acc_norm"]
+    base_items = tracking.load_items(run.data.tags[tracking.BASELINE_RUN])["hellaswag_file"]["acc_norm"]
+    assert sorted(items) == sorted(base_items) == list(range(int(cfg.eval.limit)))
+    assert sum(items.values()) / len(items) == pytest.approx(m["accuracy"])
+    assert sum(base_items.values()) / len(base_items) == pytest.approx(m["baseline_accuracy"])
+    assert run.data.tags[tracking.RECOVERY_STDERR] == "paired"
+    assert m["recovery_stderr"] == pytest.approx(pipeline.paired_stderr(items, base_items))
+    _, independent = pipeline.recovery(
+        m["accuracy"], m["accuracy_stderr"], m["baseline_accuracy"], m["baseline_accuracy_stderr"]
+    )
+    assert m["recovery_stderr_independent"] == pytest.approx(independent)
+
+
+def test_paired_stderr_counts_only_the_items_the_models_disagree_on():
+    baseline = {0: 1.0, 1: 1.0, 2: 0.0, 3: 0.0}
+    # Recovery 0.5; residuals q - 0.5 b = (0.5, -0.5, 0, 0): sqrt(0.5 / (4 * 3)) / mean(b) 0.5
+    assert pipeline.paired_stderr({0: 1.0, 1: 0.0, 2: 0.0, 3: 0.0}, baseline) == pytest.approx(
+        (0.5 / 12) ** 0.5 / 0.5
+    )
+    assert pipeline.paired_stderr(dict(baseline), baseline) == 0.0  # same answers: recovery exactly 1
+    assert pipeline.paired_stderr({0: 1.0, 1: 1.0}, baseline) is None  # not the same items
+    assert pipeline.paired_stderr({0: 0.0, 2: 1.0}, {0: 0.0, 2: 0.0}) is None  # baseline scored 0
+
+
 def test_baseline_is_a_run_of_its_own_and_reused_by_other_schemes(
     first, tiny_model, task_file, calib_file, store
 ):
@@ -159,6 +187,9 @@ def test_lm_eval_in_another_interpreter_gives_the_same_scores(tiny_model, task_f
     assert elsewhere.metrics["hellaswag_file"]["acc"] == in_process.metrics["hellaswag_file"]["acc"]
     assert elsewhere.primary == pytest.approx(in_process.primary)
     assert elsewhere.raw["n-samples"]["hellaswag_file"]["effective"] == 6
+    # Per-item scores come back from the CLI's --log_samples files too, for paired recovery stderrs.
+    assert elsewhere.items["hellaswag_file"]["acc"] == in_process.items["hellaswag_file"]["acc"]
+    assert sorted(elsewhere.items["hellaswag_file"]["acc_norm"]) == list(range(6))
 
 
 @pytest.mark.parametrize("scheme", ["NVFP4A16", "MXFP4A16"])

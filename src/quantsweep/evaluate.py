@@ -9,6 +9,7 @@ data file filled in and written to an include folder that both paths hand to lm-
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 import time
@@ -23,6 +24,7 @@ from quantsweep.config import EvalConfig
 from quantsweep.devices import accelerator, peak_memory
 
 TASKS_DIR = Path(__file__).parent / "tasks"
+SAMPLES_FILE = re.compile(r"samples_(?P<task>.+)_\d{4}-\d{2}-\d{2}T[\d.\-]+\.jsonl")
 # Converters from a user's local file to the JSONL a shipped task YAML reads.
 FILE_TASKS = {"hellaswag_file": hellaswag_file}
 
@@ -40,6 +42,9 @@ class EvalResult:
     raw: dict[str, Any] = field(repr=False)
     # Token positions the model ran forward over (padding included): the work behind seconds_eval.
     tokens: int | None = None
+    # {task: {metric: {doc_id: value}}} per item, from lm-eval's samples: what a paired comparison of two
+    # models scored on the same items needs.
+    items: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
 
 
 def shipped_tasks() -> list[str]:
@@ -104,17 +109,33 @@ def evaluate(
     """Score one checkpoint on the configured tasks; the primary metric drives recovery and the floor."""
     include = include_dir(cfg, cache_dir)
     if cfg.python:
-        raw, seconds_load, seconds_eval, peak = _evaluate_subprocess(checkpoint, cfg, include, seed)
+        raw, samples, seconds_load, seconds_eval, peak = _evaluate_subprocess(checkpoint, cfg, include, seed)
         tokens = None
     else:
-        raw, seconds_load, seconds_eval, peak, tokens = _evaluate_in_process(
+        raw, samples, seconds_load, seconds_eval, peak, tokens = _evaluate_in_process(
             checkpoint, cfg, include, seed, compressed
         )
     metrics = clean_metrics(raw)
     task = cfg.primary_task or cfg.tasks[0]
     primary = metrics[task][cfg.primary_metric]
     stderr = metrics[task].get(f"{cfg.primary_metric}_stderr")
-    return EvalResult(metrics, primary, stderr, seconds_load, seconds_eval, peak, raw, tokens)
+    items = {name: item_scores(task_samples) for name, task_samples in samples.items()}
+    return EvalResult(metrics, primary, stderr, seconds_load, seconds_eval, peak, raw, tokens, items)
+
+
+def item_scores(samples: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """{metric: {doc_id: value}} from lm-eval's logged samples, metric names as `clean_metrics` gives them
+    (`acc`, or `exact_match_strict-match` under a filter); non-numeric per-item values are left out."""
+    scores: dict[str, dict[int, float]] = {}
+    for sample in samples:
+        filt = sample.get("filter", "none")
+        for metric in sample.get("metrics", []):
+            value = sample.get(metric)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            name = metric if filt == "none" else f"{metric}_{filt}"
+            scores.setdefault(name, {})[int(sample["doc_id"])] = float(value)
+    return scores
 
 
 def task_manager(cfg: EvalConfig, include: Path | None) -> Any:
@@ -127,7 +148,7 @@ def task_manager(cfg: EvalConfig, include: Path | None) -> Any:
 
 def _evaluate_in_process(
     checkpoint: str, cfg: EvalConfig, include: Path | None, seed: int, compressed: bool
-) -> tuple[dict[str, Any], float, float, int | None, int]:
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], float, float, int | None, int]:
     import lm_eval
     import torch
     from lm_eval.models.huggingface import HFLM
@@ -165,7 +186,7 @@ def _evaluate_in_process(
             num_fewshot=cfg.num_fewshot,
             limit=_limit(cfg),
             task_manager=task_manager(cfg, include),
-            log_samples=False,
+            log_samples=True,
             random_seed=seed,
             numpy_random_seed=seed,
             torch_random_seed=seed,
@@ -174,7 +195,7 @@ def _evaluate_in_process(
         done = time.perf_counter()
         hook.remove()
     del lm, model
-    return _jsonable(raw), loaded - start, done - loaded, peak.bytes, tokens[0]
+    return _jsonable(raw), raw.get("samples", {}), loaded - start, done - loaded, peak.bytes, tokens[0]
 
 
 def _positions(args: tuple, kwargs: dict[str, Any]) -> int:
@@ -184,7 +205,7 @@ def _positions(args: tuple, kwargs: dict[str, Any]) -> int:
 
 def _evaluate_subprocess(
     checkpoint: str, cfg: EvalConfig, include: Path | None, seed: int
-) -> tuple[dict[str, Any], float, float, None]:
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], float, float, None]:
     """lm-eval's CLI in `cfg.python`'s environment; load time is not separable there (counted as eval)."""
     model_args = f"pretrained={checkpoint}"
     if cfg.dtype != "auto":
@@ -198,6 +219,7 @@ def _evaluate_subprocess(
             "--batch_size", str(cfg.batch_size),
             "--seed", str(seed),
             "--output_path", out,
+            "--log_samples",
         ]  # fmt: skip
         if cfg.device != "auto":
             cmd += ["--device", cfg.device]
@@ -218,7 +240,18 @@ def _evaluate_subprocess(
         found = sorted(Path(out).rglob("results_*.json"))
         if not found:
             raise RuntimeError(f"lm-eval in {cfg.python} wrote no results JSON:\n{proc.stderr[-4000:]}")
-        return json.loads(found[-1].read_text()), 0.0, seconds, None
+        return json.loads(found[-1].read_text()), _read_samples(Path(out)), 0.0, seconds, None
+
+
+def _read_samples(out: Path) -> dict[str, list[dict[str, Any]]]:
+    """lm-eval's CLI `--log_samples` files, `samples_<task>_<timestamp>.jsonl`, by task."""
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(out.rglob("samples_*.jsonl")):
+        match = SAMPLES_FILE.fullmatch(path.name)
+        if match:
+            lines = path.read_text().splitlines()
+            samples.setdefault(match["task"], []).extend(json.loads(line) for line in lines if line.strip())
+    return samples
 
 
 def _jsonable(raw: dict[str, Any]) -> dict[str, Any]:

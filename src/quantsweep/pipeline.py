@@ -132,17 +132,50 @@ def _tags(role: str, fp: str, extra: dict[str, str]) -> dict[str, str]:
 def recovery(
     quantized: float, q_err: float | None, baseline: float, b_err: float | None
 ) -> tuple[float, float | None]:
-    """quantized / baseline, with its standard error by first-order propagation of both stderrs.
-
+    """quantized / baseline, with its standard error by first-order propagation of both stderrs as if
+    independent: what is left when per-item scores are missing (`paired_stderr` is the sharper figure).
     Both are scored on the same items, so the errors are positively correlated and this overstates the
-    uncertainty: a conservative figure for deciding ties and floors.
-    """
+    uncertainty."""
     if baseline == 0:
         return math.nan, None
     ratio = quantized / baseline
     if q_err is None or b_err is None or quantized == 0:
         return ratio, None
     return ratio, ratio * math.hypot(q_err / quantized, b_err / baseline)
+
+
+def paired_stderr(quantized: dict[int, float], baseline: dict[int, float]) -> float | None:
+    """Standard error of mean(q) / mean(b) over the same items, by the delta method on the per-item
+    residuals q_i - R b_i: an item both models get right (or wrong) adds no noise, so it is far tighter
+    than `recovery`'s when the quantized model agrees with the baseline on most items. None unless both
+    scored the same items (at least 2) and the baseline's mean is positive."""
+    if quantized.keys() != baseline.keys() or len(quantized) < 2:
+        return None
+    docs = sorted(quantized)
+    n = len(docs)
+    q_mean = sum(quantized[d] for d in docs) / n
+    b_mean = sum(baseline[d] for d in docs) / n
+    if b_mean <= 0:
+        return None
+    ratio = q_mean / b_mean
+    residuals = sum((quantized[d] - ratio * baseline[d]) ** 2 for d in docs)
+    return math.sqrt(residuals / (n * (n - 1))) / b_mean
+
+
+def _paired(
+    cfg: Config, result: EvalResult, baseline_run: str, primary: float, base_acc: float
+) -> float | None:
+    """The paired recovery stderr when both runs logged their per-item primary metric (whose means are
+    the aggregates: a corpus-level metric such as BLEU has no per-item decomposition)."""
+    task, metric = cfg.eval.primary_task or cfg.eval.tasks[0], cfg.eval.primary_metric
+    base_items = (tracking.load_items(baseline_run) or {}).get(task, {}).get(metric)
+    items = result.items.get(task, {}).get(metric)
+    if not items or not base_items:
+        return None
+    means = (sum(items.values()) / len(items), sum(base_items.values()) / len(base_items))
+    if not (math.isclose(means[0], primary, abs_tol=1e-9) and math.isclose(means[1], base_acc, abs_tol=1e-9)):
+        return None
+    return paired_stderr(items, base_items)
 
 
 class Tracked:
@@ -214,6 +247,7 @@ def _evaluate_baseline(cfg: Config, source: str, experiment_id: str, fp: str, pa
         metrics["time_total_s"] = time.perf_counter() - start
         tracking.log_metrics(metrics)
         mlflow.log_dict(result.raw, "lm_eval_results.json")
+        tracking.log_items(result.items)
     if tracked.status != "FINISHED":
         raise RuntimeError(f"baseline evaluation of {cfg.model.name} failed: {tracked.error}")
     return mlflow.get_run(tracked.run_id)
@@ -333,16 +367,20 @@ def _run_point(
         key = f"{cfg.eval.primary_task or cfg.eval.tasks[0]}.{cfg.eval.primary_metric}"
         base_acc, base_err = base[tracking.metric_name(key)], base.get(tracking.metric_name(key + "_stderr"))
         mlflow.log_dict(result.raw, "lm_eval_results.json")
+        tracking.log_items(result.items)
         metrics |= _eval_metrics(result, params_count)
-        ratio, ratio_err = recovery(result.primary, result.primary_stderr, base_acc, base_err)
+        ratio, independent = recovery(result.primary, result.primary_stderr, base_acc, base_err)
         if math.isnan(result.primary):
             raise FloatingPointError(f"{cfg.eval.primary_metric} is NaN for {name}")
+        paired = _paired(cfg, result, baseline.info.run_id, result.primary, base_acc)
+        mlflow.set_tag(tracking.RECOVERY_STDERR, "independent" if paired is None else "paired")
         measured = ratio if cfg.eval.floor_on == "recovery" else result.primary
         metrics |= {
             "baseline_accuracy": base_acc,
             "baseline_accuracy_stderr": base_err,
             "recovery": ratio,
-            "recovery_stderr": ratio_err,
+            "recovery_stderr": independent if paired is None else paired,
+            "recovery_stderr_independent": independent,
             "floor": cfg.eval.floor,
             "passed": int(measured >= cfg.eval.floor),
             "time_total_s": time.perf_counter() - start,

@@ -22,6 +22,10 @@ BASELINE_RUN = "quantsweep.baseline_run_id"
 SWEEP_ID = "quantsweep.sweep_id"
 ERROR = "quantsweep.error"
 CHECKPOINT_REUSED = "quantsweep.checkpoint_reused"
+# How recovery_stderr was computed: `paired` over the items both runs scored, or `independent`.
+RECOVERY_STDERR = "quantsweep.recovery_stderr"
+# Per-item scores of an evaluation run: {task: {metric: {doc_id: value}}}.
+ITEMS = "items.json"
 PACKAGES = ("llmcompressor", "compressed-tensors", "lm_eval", "torch", "transformers", "quantsweep")
 
 
@@ -125,3 +129,26 @@ def log_metrics(metrics: dict[str, float | int | None]) -> None:
     }
     if clean:
         mlflow.log_metrics(clean)
+
+
+def log_items(items: dict[str, dict[str, dict[int, float]]]) -> None:
+    """Per-item scores as an artifact of the active run, for paired comparisons with later runs."""
+    import mlflow
+
+    if items:
+        mlflow.log_dict(items, ITEMS)
+
+
+def load_items(run_id: str) -> dict[str, dict[str, dict[int, float]]] | None:
+    """A run's per-item scores, or None for a run that has none (made before they were logged)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        raw = mlflow.artifacts.load_dict(f"runs:/{run_id}/{ITEMS}")
+    except (MlflowException, OSError):
+        return None
+    return {
+        task: {metric: {int(d): float(v) for d, v in values.items()} for metric, values in metrics.items()}
+        for task, metrics in raw.items()
+    }
