@@ -6,9 +6,10 @@
 # /tmp/smol/done/ (ALL_DONE when finished).
 #   On the host, from the project root:  bash bench/gpu_smollm2.sh closing|search
 #   closing: the issue-2 figures, baseline and W4A16 g64 RTN and GPTQ, HellaSwag 5-shot, 250 items.
+#   paired:  recovery stderr paired over items vs independent, W4A16(_ASYM) g64 RTN/GPTQ (paired.json).
 #   search:  issue 4, smallest-first studies against the exhaustive grid (env SEARCHES, SPACE, OVERRIDES).
 set -u
-what=${1:?closing or search}
+what=${1:?closing, paired or search}
 # The studies to run against the grid (search_vs_grid.py --search), e.g. SEARCHES="smallest_first:none".
 searches=""
 for s in ${SEARCHES:-smallest_first:50 smallest_first:none}; do searches="$searches --search $s"; done
@@ -25,7 +26,21 @@ export PYTHONPATH="/tmp/smolpkg:$PYTHONPATH" QUANTSWEEP_HELLASWAG="$PWD/.gpu/dat
 store="tracking.uri=sqlite:////tmp/smol/mlflow.db tracking.artifact_location=/tmp/smol/art output_dir=/tmp/smol/ckpt"
 nvidia-smi --query-gpu=name --format=csv,noheader > /tmp/smol/done/gpu.txt
 (
-  if [ "$what" = closing ]; then
+  if [ "$what" = paired ]; then
+    # Recovery stderr, paired over the items against the independent propagation, on 4 real points.
+    /usr/bin/time -f "paired wall %e s" python run.py -m $store scheme=W4A16,W4A16_ASYM scheme.group_size=64 \
+      scheme.algorithm=RTN,GPTQ calibration=hellaswag_file > /tmp/smol/done/paired.log 2>&1
+    python - > /tmp/smol/done/paired.json <<'PY'
+import json, mlflow
+mlflow.set_tracking_uri("sqlite:////tmp/smol/mlflow.db")
+keys = ("accuracy", "accuracy_stderr", "recovery", "recovery_stderr", "recovery_stderr_independent")
+rows = [{"run": r.info.run_name, "stderr": r.data.tags.get("quantsweep.recovery_stderr")}
+        | {k: r.data.metrics.get(k) for k in keys}
+        for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+        if r.data.tags.get("quantsweep.role") == "point"]
+print(json.dumps(rows, indent=1))
+PY
+  elif [ "$what" = closing ]; then
     /usr/bin/time -f "closing wall %e s" python run.py -m $store scheme=W4A16 scheme.group_size=64 \
       scheme.algorithm=RTN,GPTQ calibration=hellaswag_file > /tmp/smol/done/closing.log 2>&1
   else
