@@ -57,3 +57,23 @@ def test_prepare_caches_by_content(tmp_path, task_file):
 def test_the_shared_validation_file_has_every_item():
     items = list(hellaswag_file.read_items(SHARED_HELLASWAG))
     assert len(items) == 10042 and all(len(i["choices"]) == 4 and 0 <= i["label"] < 4 for i in items)
+
+
+def test_the_shipped_task_asks_each_items_query_with_its_four_endings(tmp_path, task_file):
+    """lm-eval's hellaswag request per choice: the item's query as context, " " + ending as continuation,
+    the label as the gold index (the shipped YAML reads these fields directly, without templates)."""
+    from quantsweep.config import EvalConfig
+    from quantsweep.evaluate import include_dir, task_manager
+
+    cfg = EvalConfig(name="h", tasks=["hellaswag_file"], data_path=str(task_file), num_fewshot=0)
+    task = task_manager(cfg, include_dir(cfg, tmp_path)).load(["hellaswag_file"])["tasks"]["hellaswag_file"]
+    task.set_config("num_fewshot", 0)
+    task.build_all_requests(limit=5)
+    items = list(hellaswag_file.read_items(task_file))[:5]
+    asked = {(i.doc_id, i.idx): i.arguments for i in task.instances}
+    assert asked == {
+        (d, c): (item["query"], " " + ending)
+        for d, item in enumerate(items)
+        for c, ending in enumerate(item["choices"])
+    }
+    assert [task.doc_to_target(i.doc) for i in task.instances[::4]] == [item["label"] for item in items]
