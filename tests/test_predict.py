@@ -40,7 +40,7 @@ def test_predicted_size_matches_the_checkpoint_and_orders_like_it(model_dir, tmp
         scheme = SchemeConfig(preset=preset, group_size=group, layer_overrides=overrides)
         ignore = recipes.ignore_list(IgnoreConfig(patterns=["lm_head"]), scheme, num_layers=2)
         out = quantize(str(model_dir), recipes.build_recipe(scheme, ignore), tmp_path / str(i), None, 0)
-        predicted.append(predict.disk_bytes(meta, scheme, ignore))
+        predicted.append(predict.disk_bytes(meta, predict.quantized_layers(meta, scheme, ignore)))
         measured.append(footprint.disk_bytes(out.checkpoint))
         assert predicted[-1] == pytest.approx(measured[-1], rel=2e-3), (preset, group, overrides)
     # Distinct sizes keep their order (ties in measurement may break either way in prediction).

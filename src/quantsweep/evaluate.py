@@ -99,8 +99,19 @@ def clean_metrics(raw: dict[str, Any]) -> dict[str, dict[str, float]]:
             if "," not in key or isinstance(value, bool) or not isinstance(value, int | float):
                 continue
             metric, _, filt = key.partition(",")
-            out[metric if filt == "none" else f"{metric}_{filt}"] = float(value)
+            out[_clean_name(metric, filt)] = float(value)
     return cleaned
+
+
+def _clean_name(metric: str, filt: str) -> str:
+    """lm-eval's metric under a filter as quantsweep names it: `acc` (filter none), or
+    `exact_match_strict-match`."""
+    return metric if filt == "none" else f"{metric}_{filt}"
+
+
+def primary_task(cfg: EvalConfig) -> str:
+    """The task whose `primary_metric` drives recovery and the floor."""
+    return cfg.primary_task or cfg.tasks[0]
 
 
 def evaluate(
@@ -116,7 +127,7 @@ def evaluate(
             checkpoint, cfg, include, seed, compressed
         )
     metrics = clean_metrics(raw)
-    task = cfg.primary_task or cfg.tasks[0]
+    task = primary_task(cfg)
     primary = metrics[task][cfg.primary_metric]
     stderr = metrics[task].get(f"{cfg.primary_metric}_stderr")
     items = {name: item_scores(task_samples) for name, task_samples in samples.items()}
@@ -133,8 +144,7 @@ def item_scores(samples: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
             value = sample.get(metric)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 continue
-            name = metric if filt == "none" else f"{metric}_{filt}"
-            scores.setdefault(name, {})[int(sample["doc_id"])] = float(value)
+            scores.setdefault(_clean_name(metric, filt), {})[int(sample["doc_id"])] = float(value)
     return scores
 
 

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from quantsweep import calibration, devices, footprint, models, predict, recipes, tracking, validate
 from quantsweep.config import Config, IgnoreConfig, SchemeConfig
-from quantsweep.evaluate import EvalResult, eval_dtype, evaluate
+from quantsweep.evaluate import EvalResult, eval_dtype, evaluate, primary_task
 from quantsweep.hellaswag_file import digest
 from quantsweep.quantize import quantize
 
@@ -162,18 +162,17 @@ def paired_stderr(quantized: dict[int, float], baseline: dict[int, float]) -> fl
     return math.sqrt(residuals / (n * (n - 1))) / b_mean
 
 
-def _paired(
-    cfg: Config, result: EvalResult, baseline_run: str, primary: float, base_acc: float
-) -> float | None:
+def _paired(cfg: Config, result: EvalResult, baseline_run: str, base_acc: float) -> float | None:
     """The paired recovery stderr when both runs logged their per-item primary metric (whose means are
     the aggregates: a corpus-level metric such as BLEU has no per-item decomposition)."""
-    task, metric = cfg.eval.primary_task or cfg.eval.tasks[0], cfg.eval.primary_metric
+    task, metric = primary_task(cfg.eval), cfg.eval.primary_metric
     base_items = (tracking.load_items(baseline_run) or {}).get(task, {}).get(metric)
     items = result.items.get(task, {}).get(metric)
     if not items or not base_items:
         return None
     means = (sum(items.values()) / len(items), sum(base_items.values()) / len(base_items))
-    if not (math.isclose(means[0], primary, abs_tol=1e-9) and math.isclose(means[1], base_acc, abs_tol=1e-9)):
+    aggregates = (result.primary, base_acc)
+    if not all(math.isclose(m, a, abs_tol=1e-9) for m, a in zip(means, aggregates, strict=True)):
         return None
     return paired_stderr(items, base_items)
 
@@ -270,8 +269,9 @@ def fit(meta: Any, scheme: SchemeConfig, ignore_cfg: IgnoreConfig) -> tuple[list
     expanded for its depth, checked against its layer sizes, and the checkpoint's predicted bytes."""
     num_layers = meta.config.get_text_config().num_hidden_layers
     ignore = recipes.ignore_list(ignore_cfg, scheme, num_layers)
-    validate.check_group_sizes(meta, scheme, ignore)
-    return ignore, predict.disk_bytes(meta, scheme, ignore)
+    layers = predict.quantized_layers(meta, scheme, ignore)
+    validate.check_group_sizes(layers, scheme)
+    return ignore, predict.disk_bytes(meta, layers)
 
 
 def _identify(cfg: Config) -> _Point:
@@ -364,7 +364,7 @@ def _run_point(
         tracking.log_metrics(metrics)
         result = evaluate(str(checkpoint), cfg.eval, cfg.cache_dir, cfg.seed, compressed=True)
         # The baseline's score on this run's primary metric (its `accuracy` may be another metric's).
-        key = f"{cfg.eval.primary_task or cfg.eval.tasks[0]}.{cfg.eval.primary_metric}"
+        key = f"{primary_task(cfg.eval)}.{cfg.eval.primary_metric}"
         base_acc, base_err = base[tracking.metric_name(key)], base.get(tracking.metric_name(key + "_stderr"))
         mlflow.log_dict(result.raw, "lm_eval_results.json")
         tracking.log_items(result.items)
@@ -372,7 +372,7 @@ def _run_point(
         ratio, independent = recovery(result.primary, result.primary_stderr, base_acc, base_err)
         if math.isnan(result.primary):
             raise FloatingPointError(f"{cfg.eval.primary_metric} is NaN for {name}")
-        paired = _paired(cfg, result, baseline.info.run_id, result.primary, base_acc)
+        paired = _paired(cfg, result, baseline.info.run_id, base_acc)
         mlflow.set_tag(tracking.RECOVERY_STDERR, "independent" if paired is None else "paired")
         measured = ratio if cfg.eval.floor_on == "recovery" else result.primary
         metrics |= {

@@ -94,10 +94,10 @@ def linear_bytes(name: str, scheme: QuantizationScheme, rows: int, columns: int,
     return total + sum(len(f"{name}.{t}") + HEADER_BYTES_PER_TENSOR for t in tensors)
 
 
-def disk_bytes(model: Any, scheme: SchemeConfig, ignore: list[str]) -> int:
-    """Predicted bytes of the checkpoint's safetensors files for `model` (built on the meta device)."""
+def disk_bytes(model: Any, layers: dict[str, tuple[Any, Any]]) -> int:
+    """Predicted bytes of the checkpoint's safetensors files for `model` (built on the meta device), its
+    quantized `layers` as `quantized_layers` finds them."""
     dtype = checkpoint_dtype(model.config)
-    layers = quantized_layers(model, scheme, ignore)
     quantized = {f"{name}.weight" for name in layers}
     total = 0.0
     for name, module_and_args in layers.items():

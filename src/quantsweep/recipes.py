@@ -80,20 +80,6 @@ def weight_bits(preset: str) -> int:
     return 16 if weights is None else weights.num_bits
 
 
-def weight_group_sizes(scheme: SchemeConfig) -> dict[str, int]:
-    """{target: group size} for every group-wise config group: what must divide the layers' inputs."""
-    sizes = {}
-    for targets, preset in _groups(scheme):
-        weights = quant_scheme(preset, targets, _group_size_for(scheme, preset)).weights
-        if weights is not None and weights.strategy in (
-            QuantizationStrategy.GROUP,
-            QuantizationStrategy.TENSOR_GROUP,
-        ):
-            for target in targets:
-                sizes[target] = int(weights.group_size)
-    return sizes
-
-
 def _group_size_for(scheme: SchemeConfig, preset: str) -> int | None:
     return scheme.group_size if preset.upper() == scheme.preset.upper() else None
 

@@ -107,17 +107,15 @@ def meta_model(source: str, trust_remote_code: bool = False) -> Any:
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
-def check_group_sizes(model: Any, scheme: SchemeConfig, ignore: list[str]) -> None:
+def check_group_sizes(layers: dict[str, tuple[Any, Any]], scheme: SchemeConfig) -> None:
     """Group-wise weights need each layer's input size divisible by the group size of the config group
-    that layer gets. Layers are matched as compressed-tensors matches them (`predict.quantized_layers`):
+    that layer gets. `layers` are matched as compressed-tensors matches them (`predict.quantized_layers`):
     a layer a per-layer-group override takes is held to that override's preset, not to the main scheme."""
     from compressed_tensors.quantization import QuantizationStrategy
 
-    from quantsweep.predict import quantized_layers
-
     grouped = (QuantizationStrategy.GROUP, QuantizationStrategy.TENSOR_GROUP)
     bad: list[tuple[str, int, int, list[str]]] = []
-    for name, (module, group) in quantized_layers(model, scheme, ignore).items():
+    for name, (module, group) in layers.items():
         if group.weights.strategy not in grouped:
             continue
         columns, size = int(module.weight.shape[-1]), int(group.weights.group_size)
