@@ -137,10 +137,6 @@ def launch(cmd: list[str], log: Path) -> tuple[float, int]:
     return time.perf_counter() - start, code
 
 
-def _all_points(work: Path) -> list[Any]:
-    return point_runs(work)[0]
-
-
 def point_runs(work: Path) -> tuple[list[Any], list[Any]]:
     """(point runs, baseline runs) of the store under `work`."""
     import mlflow
@@ -283,7 +279,7 @@ def _same(grid: tuple[str, float | None], study: Side) -> str:
     return f"no ({100 * (study.best_bytes / grid_bytes - 1):+.1f}% size)"
 
 
-def grid_points(points: list[Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+def grid_points(points: list[Any]) -> list[dict[str, Any]]:
     """Every grid point: configuration, status, size (measured and predicted), accuracy, recovery."""
     keys = (
         "disk_bytes",
@@ -312,14 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     seconds, code = launch(
         [py, "run.py", "-m", *space(args), *common(args, grid_work)], grid_work / "run.log"
     )
-    grid, _, grid_full = bill("grid", grid_work, seconds, code, args.limit)
+    grid, grid_runs, grid_full = bill("grid", grid_work, seconds, code, args.limit)
     grid.floor = args.floor
     grid.best, grid.best_bytes = grid_best(grid_full, args, args.floor)
     answers = {args.floor: (grid.best, grid.best_bytes)}
 
-    grid_rows = grid_points(_all_points(grid_work), args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".grid.json").write_text(json.dumps(grid_points(grid_runs), indent=1) + "\n")
     studies: list[Side] = []
-    write(args.out, table(grid, studies, answers, args, configurations), grid_rows)
+    # After the grid and after each study, so a run cut short keeps what it finished.
+    args.out.write_text(table(grid, studies, answers, args, configurations) + "\n")
     for i, (sampler, low, floor) in enumerate(args.search or [("smallest_first", 25, None)]):
         floor = args.floor if floor is None else floor
         answers.setdefault(floor, grid_best(grid_full, args, floor))
@@ -344,16 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         study.floor = floor
         study.best, study.best_bytes = search_best(study_work, study_points)
         studies.append(study)
-        write(args.out, table(grid, studies, answers, args, configurations), grid_rows)
-    print(args.out.read_text() if studies else "")
+        args.out.write_text(table(grid, studies, answers, args, configurations) + "\n")
+    print(args.out.read_text())
     return 0
-
-
-def write(out: Path, text: str, grid_rows: list[dict[str, Any]]) -> None:
-    """After the grid and after each study, so a run cut short keeps what it finished."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
-    out.with_suffix(".grid.json").write_text(json.dumps(grid_rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
