@@ -7,7 +7,7 @@ import quantsweep.config  # noqa: F401  (registers the structured schema)
 from quantsweep.cli import main as run_one
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="src/quantsweep/conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     return run_one(cfg)
 

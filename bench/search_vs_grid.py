@@ -34,8 +34,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from quantsweep import search  # noqa: E402
-from quantsweep.search import TrialRecord  # noqa: E402
+from quantsweep.sweeps.search import decisions  # noqa: E402
+from quantsweep.sweeps.search.decisions import TrialRecord  # noqa: E402
+from quantsweep.sweeps.search.samplers import SAMPLERS  # noqa: E402
 
 STUDY = "bench"
 
@@ -93,8 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def variant(text: str) -> tuple[str, int | None, float | None]:
     sampler, _, rest = text.partition(":")
     low, _, floor = rest.partition(":")
-    if sampler not in search.SAMPLERS:
-        raise argparse.ArgumentTypeError(f"sampler {sampler!r}; choose one of {', '.join(search.SAMPLERS)}")
+    if sampler not in SAMPLERS:
+        raise argparse.ArgumentTypeError(f"sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     return sampler, None if low in ("", "none") else int(low), float(floor) if floor else None
 
 
@@ -188,12 +189,12 @@ def bill(
 
 def grid_best(full: list[Any], args: argparse.Namespace, floor: float) -> tuple[str, float | None]:
     """The grid's answer by the search's rule: smallest on disk whose lower bound clears the floor."""
-    z = search.z_value(args.confidence)
+    z = decisions.z_value(args.confidence)
     feasible = []
     for r in full:
         if r.info.status != "FINISHED":
             continue
-        b = search.bound(r.data.metrics, args.floor_on, z)
+        b = decisions.bound(r.data.metrics, args.floor_on, z)
         if b is not None and b.lower >= floor:
             feasible.append((r.data.metrics["disk_bytes"], -b.lower, label(r.data.params), r))
     if not feasible:
@@ -207,11 +208,11 @@ def search_best(work: Path, points: list[Any]) -> tuple[str, float | None]:
 
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{work}/optuna.db")
     records = [
-        TrialRecord(**(t.user_attrs[search.RECORD] | {"number": t.number}))
+        TrialRecord(**(t.user_attrs[decisions.RECORD] | {"number": t.number}))
         for t in study.trials
-        if search.RECORD in t.user_attrs
+        if decisions.RECORD in t.user_attrs
     ]
-    top = search.best(records)
+    top = decisions.best(records)
     if top is None:
         return "no configuration clears the floor", None
     run = next(r for r in points if r.info.run_id == top.full_run_id)

@@ -21,14 +21,16 @@ import argparse
 import bz2
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path("/tmp/qsbench")
-SHAPES = {
+SHAPES: dict[str, dict[str, Any]] = {
     "tinyllama": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                       num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048),
     "llama8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -70,7 +72,7 @@ def build(shape: str, data: Path) -> Path:
     config = LlamaConfig(**SHAPES[shape], bos_token_id=1, eos_token_id=2, pad_token_id=2, dtype="bfloat16")
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model = LlamaForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     del model
@@ -78,17 +80,21 @@ def build(shape: str, data: Path) -> Path:
     return path
 
 
-def timed(cmd: list[str], log: Path, budget_s: float | None = None) -> float:
-    """Wall seconds of one fresh process; past `budget_s` it is stopped (what it logged stays)."""
+def timed(cmd: list[str], log: Path, budget_s: float | None = None, env: dict | None = None) -> float:
+    """Wall seconds of one fresh process (with `env` over this one's); past `budget_s` its whole process
+    group is stopped, the sweep's workers too (what it logged stays)."""
     start = time.perf_counter()
     with log.open("a") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=os.environ | (env or {}),
+            start_new_session=True,
+        )  # fmt: skip
         try:
             code = proc.wait(timeout=budget_s)
         except subprocess.TimeoutExpired:
-            proc.terminate()
+            os.killpg(proc.pid, signal.SIGTERM)
             code = proc.wait()
             print(f"  stopped after the {budget_s:.0f}s budget: {' '.join(cmd[:6])}...")
         seconds = time.perf_counter() - start
@@ -105,30 +111,36 @@ def eval_overrides(args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
-def sweep(shape: str, model: Path, out: Path, args: argparse.Namespace) -> dict:
-    """The real thing: `run.py -m` over the points; per-point figures read back from MLflow."""
+def sweep(
+    shape: str, model: Path, out: Path, args: argparse.Namespace,
+    name: str = "", extra: tuple[str, ...] = (), env: dict | None = None,
+) -> dict:  # fmt: skip
+    """The real thing: `run.py -m` over the points; per-point figures read back from MLflow. `name` keeps
+    a measurement's store, checkpoints and cache apart from another's (nothing reused); `extra` overrides."""
     import mlflow
 
-    store = WORK / shape / "mlruns"
+    work = WORK / (name or shape)
+    store = work / "mlruns"
     cmd = [
         sys.executable, "run.py", "-m", "model=custom", f"model.source={model}", f"model.name={shape}",
         "scheme=" + ",".join(args.points), "calibration=hellaswag_file",
         f"calibration.dataset={args.data}", *eval_overrides(args), f"tracking.uri=sqlite:///{store}/mlflow.db",
-        f"tracking.artifact_location={store}/artifacts", f"output_dir={WORK / shape}/checkpoints",
-        f"cache_dir={WORK}/cache", f"hydra.sweep.dir={WORK / shape}/multirun",
+        f"tracking.artifact_location={store}/artifacts", f"output_dir={work}/checkpoints",
+        f"cache_dir={work if name else WORK}/cache", f"hydra.sweep.dir={work}/multirun", *extra,
     ]  # fmt: skip
-    seconds = timed(cmd, out / f"{shape}-sweep.log", args.budget_s)
+    seconds = timed(cmd, out / f"{name or shape}-sweep.log", args.budget_s, env)
     mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
     exp = mlflow.get_experiment_by_name("quantsweep")
+    assert exp is not None, f"no MLflow experiment in {store}: see the sweep's log"
     rows = []
     for run in mlflow.search_runs([exp.experiment_id], output_format="list"):
         m, tags = run.data.metrics, run.data.tags
         if tags.get("quantsweep.role") not in ("baseline", "point"):
             continue
         gpu = tags.get("cuda_visible_devices", "")
-        rows.append(
-            {"run": run.info.run_name, "status": run.info.status, "gpu": gpu, **{k: m[k] for k in sorted(m)}}
-        )
+        span = {"start_ms": run.info.start_time, "end_ms": run.info.end_time}
+        rows.append({"run": run.info.run_name, "status": run.info.status, "gpu": gpu, **span,
+                     **{k: m[k] for k in sorted(m)}})  # fmt: skip
     return {"wall_s": seconds, "split": split(rows, seconds), "runs": rows}
 
 
@@ -156,7 +168,7 @@ def seed_way(shape: str, model: Path, out: Path, args: argparse.Namespace) -> di
     import torch
     from omegaconf import OmegaConf
 
-    from quantsweep.evaluate import include_dir
+    from quantsweep.evaluation.harness import include_dir
 
     cfg = OmegaConf.create({"tasks": ["hellaswag_file"], "data_path": str(args.data)})
     include = include_dir(cfg, WORK / "cache")
@@ -189,7 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", required=True, help=f"one of {sorted(SHAPES)} to build, or a name")
     parser.add_argument("--model-dir", type=Path, help="an existing checkpoint instead of building --shape")
-    parser.add_argument("--stages", default="sweep,seed")
+    parser.add_argument("--stages", default="sweep,seed", help="sweep, seed; build alone only builds")
     parser.add_argument("--points", default=DEFAULT_POINTS, type=lambda s: s.split(","))
     parser.add_argument("--data", type=Path, default=ROOT / ".gpu" / "data" / "hellaswag_val_full.txt.bz2")
     parser.add_argument("--limit", type=int, default=250)

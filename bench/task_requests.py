@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from quantsweep.config import EvalConfig  # noqa: E402
-from quantsweep.evaluate import include_dir, task_manager  # noqa: E402
+from quantsweep.evaluation.harness import include_dir, task_manager  # noqa: E402
 
 
 def build_seconds(cfg: EvalConfig, cache: Path, limit: int, seed: int) -> tuple[float, int]:

@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "src" / "quantsweep" / "conf"
 SHARED_HELLASWAG = ROOT.parent / "shared" / "data" / "hellaswag_val_full.txt.bz2"
 WORDS = [
     "the",
@@ -144,6 +144,8 @@ def base_overrides(model: Path, task: Path, calib: Path, work: Path) -> list[str
         f"tracking.artifact_location={work}/mlruns/artifacts",
         f"output_dir={work}/checkpoints",
         f"cache_dir={work}/cache",
+        # vLLM probes take minutes each: tests that check deployability turn it on.
+        "deploy_check=false",
     ]
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from conftest import compose, write_hellaswag_jsonl
 from transformers import AutoTokenizer
 
-from quantsweep import calibration, hellaswag_file
+from quantsweep import calibration
+from quantsweep.evaluation import hellaswag_file
 
 
 def _six_line_bz2(jsonl: Path) -> Path:

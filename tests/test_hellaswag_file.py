@@ -8,8 +8,8 @@ import json
 import pytest
 from conftest import SHARED_HELLASWAG
 
-from quantsweep import hellaswag_file
 from quantsweep.errors import ConfigError
+from quantsweep.evaluation import hellaswag_file
 
 
 def test_jsonl_layout_is_processed_like_lm_eval(tmp_path):
@@ -63,7 +63,7 @@ def test_the_shipped_task_asks_each_items_query_with_its_four_endings(tmp_path, 
     """lm-eval's hellaswag request per choice: the item's query as context, " " + ending as continuation,
     the label as the gold index (the shipped YAML reads these fields directly, without templates)."""
     from quantsweep.config import EvalConfig
-    from quantsweep.evaluate import include_dir, task_manager
+    from quantsweep.evaluation.harness import include_dir, task_manager
 
     cfg = EvalConfig(name="h", tasks=["hellaswag_file"], data_path=str(task_file), num_fewshot=0)
     task = task_manager(cfg, include_dir(cfg, tmp_path)).load(["hellaswag_file"])["tasks"]["hellaswag_file"]

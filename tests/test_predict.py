@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import build_tiny_llama
 
-from quantsweep import footprint, predict, recipes, validate
+from quantsweep import recipes, validate
 from quantsweep.config import IgnoreConfig, SchemeConfig
 from quantsweep.quantize import quantize
+from quantsweep.sizing import measured, predicted
 
 CASES = [
     ("W4A16", 64, {}),
@@ -35,16 +36,16 @@ def model_dir(request, tmp_path_factory) -> Path:
 
 def test_predicted_size_matches_the_checkpoint_and_orders_like_it(model_dir, tmp_path):
     meta = validate.meta_model(str(model_dir))
-    predicted, measured = [], []
+    predicted_sizes, measured_sizes = [], []
     for i, (preset, group, overrides) in enumerate(CASES):
         scheme = SchemeConfig(preset=preset, group_size=group, layer_overrides=overrides)
         ignore = recipes.ignore_list(IgnoreConfig(patterns=["lm_head"]), scheme, num_layers=2)
         out = quantize(str(model_dir), recipes.build_recipe(scheme, ignore), tmp_path / str(i), None, 0)
-        predicted.append(predict.disk_bytes(meta, predict.quantized_layers(meta, scheme, ignore)))
-        measured.append(footprint.disk_bytes(out.checkpoint))
-        assert predicted[-1] == pytest.approx(measured[-1], rel=2e-3), (preset, group, overrides)
+        predicted_sizes.append(predicted.disk_bytes(meta, predicted.quantized_layers(meta, scheme, ignore)))
+        measured_sizes.append(measured.disk_bytes(out.checkpoint))
+        assert predicted_sizes[-1] == pytest.approx(measured_sizes[-1], rel=2e-3), (preset, group, overrides)
     # Distinct sizes keep their order (ties in measurement may break either way in prediction).
-    pairs = [(p, m) for p, m in zip(predicted, measured, strict=True)]
+    pairs = [(p, m) for p, m in zip(predicted_sizes, measured_sizes, strict=True)]
     for a in pairs:
         for b in pairs:
             if a[1] < b[1] * 0.99:

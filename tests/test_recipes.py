@@ -66,3 +66,31 @@ def test_first_and_last_layers_are_expanded_for_the_model_depth():
 
 def test_weight_bits():
     assert recipes.weight_bits("W4A16") == 4 and recipes.weight_bits("FP8_DYNAMIC") == 8
+
+
+@pytest.mark.parametrize(
+    ("preset", "size"),
+    [("W4A16", 128), ("W8A16", 128), ("W4AFP8", 128), ("MXFP4", 32), ("NVFP4", 16), ("FP8_BLOCK", 128)]
+    + [(p, None) for p in ("W8A8", "FP8_DYNAMIC", "FP8")],
+)
+def test_preset_group_size(preset, size):
+    assert recipes.preset_group_size(preset) == size
+
+
+def test_group_size_sizes_group_wise_groups_only():
+    # A channel-wise preset takes no group size: its recipe is the preset's, whatever scheme.group_size says.
+    (fp8,) = recipes.config_groups(SchemeConfig(name="x", preset="FP8_DYNAMIC", group_size=64)).values()
+    assert fp8.weights.strategy == "channel" and fp8.weights.group_size is None
+    overrides = {"re:.*down_proj": "W8A16", "re:.*up_proj": "W4A16", "re:.*q_proj": "W8A8"}
+    scheme = SchemeConfig(name="x", preset="W4A16", group_size=64, layer_overrides=overrides)
+    assert recipes.group_size_targets(scheme) == {"Linear", "re:.*up_proj"}
+    sizes = {g.targets[0]: g.weights.group_size for g in recipes.config_groups(scheme).values()}
+    # the main preset's groups are sized; another group-wise preset keeps its own 128; W8A8 has no groups
+    assert sizes == {"Linear": 64, "re:.*down_proj": 128, "re:.*up_proj": 64, "re:.*q_proj": None}
+
+
+def test_group_size_resizes_blocks_and_activation_groups_together():
+    (block,) = recipes.config_groups(SchemeConfig(name="x", preset="FP8_BLOCK", group_size=64)).values()
+    assert block.weights.block_structure == [64, 64] and block.input_activations.group_size == 64
+    (nvfp4,) = recipes.config_groups(SchemeConfig(name="x", preset="NVFP4", group_size=32)).values()
+    assert nvfp4.weights.group_size == 32 and nvfp4.input_activations.group_size == 32

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from quantsweep.size_cli import CONF_DIR, main
-from quantsweep.sizing import (
-    GIB,
-    MIB,
+from quantsweep.sizing import measured
+from quantsweep.sizing.cli import CONF_DIR, main
+from quantsweep.sizing.formulas import (
     PRECISIONS,
     ModelShape,
     estimate_num_parameters,
@@ -23,6 +22,7 @@ from quantsweep.sizing import (
     size_table,
     weights_vram_bytes,
 )
+from quantsweep.tables import GIB, MIB
 
 GRANITE = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model/granite_3.2_8b_instruct.yaml"))
 
@@ -190,6 +190,17 @@ def test_cli_local_checkpoint_adds_measured_row(tmp_path, capsys):
     assert row[1].startswith("4.0")  # saved in float32
 
 
+def test_num_parameters_sums_every_shard_from_the_headers(tmp_path):
+    """The one parameter counter (the run pipeline's baseline and this CLI): tied weights stored once."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(_tiny_llama(tie_word_embeddings=True)).to(torch.bfloat16)
+    model.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1
+    assert measured.num_parameters(tmp_path) == sum(p.numel() for p in model.parameters())
+
+
 def test_cli_quantized_checkpoint_counts_from_config(tmp_path, capsys):
     """Packed quantized tensors don't count parameters: the dense estimate is used instead."""
     from transformers import LlamaForCausalLM
@@ -212,7 +223,9 @@ def test_cli_needs_context_when_config_has_none(tmp_path, capsys):
     config = _tiny_llama().to_dict()
     del config["max_position_embeddings"]
     (tmp_path / "config.json").write_text(json.dumps(config))
-    assert main(["model=" + str(tmp_path)]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(["model=" + str(tmp_path)])
+    assert exit_.value.code == 2
     assert "no max_position_embeddings: pass context=<tokens>" in capsys.readouterr().err
     assert main(["model=" + str(tmp_path), "context=64"]) == 0
     out = capsys.readouterr().out
@@ -234,9 +247,11 @@ def test_cli_needs_context_when_config_has_none(tmp_path, capsys):
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys):
-    assert main(argv) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
     captured = capsys.readouterr()
-    assert message in captured.err
+    assert captured.err.startswith("quantsweep size: error: ") and message in captured.err
     assert captured.out == ""
     assert len(captured.err.strip().splitlines()) == 1
 

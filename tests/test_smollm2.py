@@ -10,9 +10,10 @@ from conftest import SHARED_HELLASWAG, compose
 from quantsweep import models, pipeline
 from quantsweep.errors import ConfigError
 
-pytestmark = pytest.mark.skipif(
-    not SHARED_HELLASWAG.exists(), reason="../shared/data is not beside this checkout"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not SHARED_HELLASWAG.exists(), reason="../shared/data is not beside this checkout"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_gguf_is_materialised_into_a_checkpoint_that_speaks_english(overrides):
 
 def test_preset_group_of_128_is_refused_with_the_fix(overrides):
     with pytest.raises(ConfigError, match=r"scheme.group_size=128 .* 576\); use scheme.group_size=64"):
-        pipeline.run(compose([*overrides, "scheme=W4A16"]))
+        pipeline.run(compose([*overrides, "scheme=W4A16", "scheme.group_size=128"]))
 
 
 def test_w4a16_group_64_end_to_end(overrides):

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from quantsweep import pipeline, tracking
-from quantsweep.evaluate import clean_metrics
+from quantsweep import recovery, tracking
+from quantsweep.evaluation.harness import clean_metrics
 
 
 def test_lm_eval_metric_names_are_cleaned_and_non_numbers_dropped():
@@ -27,10 +27,10 @@ def test_lm_eval_metric_names_are_cleaned_and_non_numbers_dropped():
 
 
 def test_recovery_and_its_uncertainty():
-    ratio, err = pipeline.recovery(0.45, 0.03, 0.5, 0.03)
+    ratio, err = recovery.recovery(0.45, 0.03, 0.5, 0.03)
     assert ratio == pytest.approx(0.9)
     assert err == pytest.approx(0.9 * math.hypot(0.03 / 0.45, 0.03 / 0.5))
-    assert pipeline.recovery(0.45, None, 0.5, 0.03) == (pytest.approx(0.9), None)
+    assert recovery.recovery(0.45, None, 0.5, 0.03) == (pytest.approx(0.9), None)
 
 
 def test_fingerprint_is_order_independent_and_value_sensitive():

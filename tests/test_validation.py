@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -9,14 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+import torch
+from conftest import ROOT, base_overrides, compose
 from hydra.errors import ConfigCompositionException
 
-from quantsweep import pipeline
+from quantsweep import pipeline, point, validate
 from quantsweep.errors import ConfigError
 
 
-def assert_rejected(cfg, *fragments: str) -> None:
+def assert_rejected(cfg, *fragments: str) -> str:
     with pytest.raises(ConfigError) as err:
         pipeline.run(cfg)
     message = str(err.value)
@@ -24,17 +26,13 @@ def assert_rejected(cfg, *fragments: str) -> None:
         assert fragment in message, message
     store = Path(cfg.tracking.uri.removeprefix("sqlite:///"))
     assert not store.exists(), "validation must happen before the tracking store is touched"
+    return message
 
 
-def test_group_size_that_does_not_divide_a_layer(make_cfg):
-    # the W4A16 preset's group of 128 vs the tiny model's hidden size 192 (SmolLM2: 576)
-    assert_rejected(make_cfg("scheme=W4A16"), "scheme.group_size=128", "192", "scheme.group_size=64")
-
-
-def test_group_size_on_a_preset_without_groups(make_cfg):
-    assert_rejected(
-        make_cfg("scheme=FP8_dynamic", "scheme.group_size=64"), "scheme.group_size=64", "FP8_DYNAMIC"
-    )
+def test_explicit_group_size_that_does_not_divide_a_layer(make_cfg):
+    # groups of 128 vs the tiny model's hidden size 192 (SmolLM2: 576): given explicitly, never changed
+    cfg = make_cfg("scheme=W4A16", "scheme.group_size=128")
+    assert_rejected(cfg, "scheme.group_size=128", "192", "scheme.group_size=64")
 
 
 def test_unknown_preset(make_cfg):
@@ -91,10 +89,7 @@ def test_unknown_lm_eval_task(make_cfg):
     assert_rejected(make_cfg("eval.tasks=[hellaswag_file,no_such_task]"), "no_such_task", "lm-eval ls tasks")
 
 
-def test_vllm_backend_needs_its_own_environment(make_cfg):
-    assert_rejected(make_cfg("eval.backend=vllm"), "eval.backend='vllm'", "eval.python=")
-
-
+@pytest.mark.skipif(torch.cuda.is_available(), reason="AWQ runs where CUDA is: nothing to refuse")
 def test_awq_needs_a_gpu(make_cfg):
     assert_rejected(make_cfg("scheme=W4A16_AWQ", "scheme.group_size=64"), "AWQ", "GPTQ")
 
@@ -107,6 +102,7 @@ def test_cli_reports_one_line_and_exit_code_2(tiny_model, task_file, tmp_path):
             "model=custom",
             f"model.source={tiny_model}",
             "scheme=W4A16",
+            "scheme.group_size=128",
             f"eval.data_path={task_file}",
             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
         ],  # fmt: skip
@@ -143,16 +139,19 @@ def _fit(make_cfg, tiny_model, *overrides: str, extra: dict[str, str] | None = N
     cfg = make_cfg(*overrides)
     with open_dict(cfg):
         cfg.scheme.layer_overrides.update(extra or {})
-    return pipeline.fit(meta_model(str(tiny_model)), cfg.scheme, cfg.ignore)
+    return point.fit(meta_model(str(tiny_model)), cfg.scheme, cfg.ignore)
+
+
+W4A16_128 = ("scheme=W4A16", "scheme.group_size=128")
 
 
 def test_layers_a_channel_wise_override_takes_are_not_held_to_the_group_size(make_cfg, tiny_model):
     # Groups of 128 fit only the down projections (input 384); the other layers take 192. Attention is in
     # W8A8, so only gate and up (2 layers x 2) are refused; then with them in W8A8 too, nothing is.
     with pytest.raises(ConfigError, match=r"group_size=128 .* 4 targeted layers .*gate_proj: 192"):
-        _fit(make_cfg, tiny_model, "scheme=W4A16", "layers=attn_w8")
+        _fit(make_cfg, tiny_model, *W4A16_128, "layers=attn_w8")
     # With attention and gate/up in channel-wise W8A8, only the down projections remain in groups of 128.
-    _fit(make_cfg, tiny_model, "scheme=W4A16", "layers=attn_w8", extra={"re:.*(gate|up)_proj": "W8A8"})
+    _fit(make_cfg, tiny_model, *W4A16_128, "layers=attn_w8", extra={"re:.*(gate|up)_proj": "W8A8"})
 
 
 def test_a_group_wise_override_that_does_not_divide_its_layers(make_cfg, tiny_model):
@@ -162,3 +161,34 @@ def test_a_group_wise_override_that_does_not_divide_its_layers(make_cfg, tiny_mo
     message = str(err.value)
     assert f"scheme.layer_overrides[{target!r}]=W8A16" in message and "192" in message, message
     assert "W8A8" in message, message
+
+
+def test_custom_model_without_its_source(tiny_model, task_file, calib_file, tmp_path):
+    overrides = [
+        o for o in base_overrides(tiny_model, task_file, calib_file, tmp_path) if "model.source" not in o
+    ]
+    assert_rejected(compose(overrides), "model.source is not set", "model.source=/path/to/checkpoint")
+
+
+@pytest.mark.parametrize("size", ["zero", "0", "-4", "auto:x"])
+def test_batch_size_that_is_not_one(make_cfg, size):
+    assert_rejected(make_cfg(f"eval.batch_size={size}"), f"eval.batch_size={size!r}", "eval.batch_size=8")
+
+
+@pytest.mark.parametrize("size", ["auto", "auto:4", "16"])
+def test_batch_sizes_lm_eval_takes(size):
+    validate.check_batch_size(size)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "driver", "package"),
+    [("postgresql", "psycopg", "psycopg[binary]"), ("postgresql+psycopg2", "psycopg2", "psycopg2-binary")]
+    + [("mysql", "MySQLdb", "mysqlclient")],
+)
+def test_database_store_without_its_driver(make_cfg, dialect, driver, package):
+    if importlib.util.find_spec(driver) is not None:
+        pytest.skip(f"{driver} is installed here")
+    cfg = make_cfg(f"tracking.uri={dialect}://quant:secret@localhost/mlflow")
+    shown = f"tracking.uri='{dialect}://quant:***@localhost/mlflow'"
+    message = assert_rejected(cfg, shown, repr(driver), f"pip install {package}")
+    assert "secret" not in message

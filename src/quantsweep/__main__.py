@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {
-    "size": "quantsweep.size_cli",
-    "leaderboard": "quantsweep.leaderboard_cli",
+    "size": "quantsweep.sizing.cli",
+    "leaderboard": "quantsweep.results.cli",
+    "agree": "quantsweep.results.agreement",
 }
 
 

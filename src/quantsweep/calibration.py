@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from quantsweep import hellaswag_file
 from quantsweep.config import CalibrationConfig
 from quantsweep.errors import ConfigError
+from quantsweep.evaluation import hellaswag_file
 from quantsweep.models import looks_local
 
 # Local layouts by suffix (calibration.layout=auto); `.bz2` files are read as HellaSwag.

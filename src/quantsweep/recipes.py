@@ -1,7 +1,9 @@
 """Recipes: a scheme config + ignore list → llm-compressor modifiers, built from compressed-tensors presets.
 
-Group-size overrides and per-layer-group precision become extra `config_groups` (compressed-tensors gives
-exact names and `re:` patterns priority over the class target `Linear`); "bf16" groups join the ignore list.
+`scheme.group_size` sizes the config groups whose preset groups its weights (W4A16's groups, FP8_BLOCK's
+square blocks, and activation groups along with them); it is not applicable to channel-wise or per-tensor
+presets. Per-layer-group precision becomes extra `config_groups` (compressed-tensors gives exact names and
+`re:` patterns priority over the class target `Linear`); "bf16" groups join the ignore list.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from compressed_tensors.quantization import (
 )
 from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
 
+from quantsweep import algorithms
 from quantsweep.config import IgnoreConfig, SchemeConfig
 from quantsweep.errors import ConfigError
 
-ALGORITHMS = ("RTN", "GPTQ", "AWQ", "SMOOTHQUANT_GPTQ")
 KEEP = "bf16"
 # Presets that are not a quantization of an LLM's weights.
 _NOT_FOR_LLMS = {"UNQUANTIZED"}
@@ -39,19 +41,52 @@ def check_preset(preset: str, where: str) -> None:
 
 
 def quant_scheme(preset: str, targets: list[str], group_size: int | None = None) -> QuantizationScheme:
-    """The preset's scheme for `targets`, with the weights' group size replaced if asked."""
+    """The preset's scheme for `targets`, its weight groups (or blocks, then `group_size` square) and
+    activation groups resized if asked."""
     scheme = preset_name_to_scheme(preset.upper(), targets)
     if group_size is not None:
         weights = scheme.weights
-        if weights is None or weights.group_size is None:
+        if weights is None or _grouping(weights) is None:
             raise ConfigError(
                 f"scheme.group_size={group_size}: preset {preset} has no weight groups "
                 f"(strategy {getattr(weights, 'strategy', None)}); drop scheme.group_size"
             )
-        scheme.weights = weights.model_copy(update={"group_size": group_size})
+        resized = {"block_structure": [group_size] * 2} if _is_block(weights) else {"group_size": group_size}
+        scheme.weights = weights.model_copy(update=resized)
         if scheme.input_activations is not None and scheme.input_activations.group_size:
             scheme.input_activations = scheme.input_activations.model_copy(update={"group_size": group_size})
     return scheme
+
+
+def _is_block(weights: QuantizationArgs) -> bool:
+    return weights.strategy == QuantizationStrategy.BLOCK
+
+
+def _grouping(weights: QuantizationArgs) -> int | None:
+    """The size weights are grouped by along a layer's input: a group's, or a block's input edge."""
+    return weights.block_structure[1] if _is_block(weights) else weights.group_size
+
+
+def preset_group_size(preset: str) -> int | None:
+    """The size a preset groups weights by (W4A16: groups of 128, NVFP4: 16, FP8_BLOCK: blocks of 128);
+    None for presets with a scale per channel or per tensor (W8A8, FP8_DYNAMIC, FP8)."""
+    weights = preset_name_to_scheme(preset.upper(), ["Linear"]).weights
+    return None if weights is None else _grouping(weights)
+
+
+def grouping_unit(preset: str) -> str:
+    """What a preset's group size counts, for messages: `groups` or `blocks`."""
+    weights = preset_name_to_scheme(preset.upper(), ["Linear"]).weights
+    return "blocks" if weights is not None and _is_block(weights) else "groups"
+
+
+def group_size_targets(scheme: SchemeConfig) -> set[str]:
+    """The config-group targets `scheme.group_size` sizes: the main group and the per-layer-group
+    overrides in the main preset, when that preset has weight groups (none otherwise)."""
+    if preset_group_size(scheme.preset) is None:
+        return set()
+    same = {t for t, preset in scheme.layer_overrides.items() if preset.upper() == scheme.preset.upper()}
+    return {"Linear"} | same
 
 
 def _static(args: QuantizationArgs | None) -> bool:
@@ -60,7 +95,7 @@ def _static(args: QuantizationArgs | None) -> bool:
 
 def needs_calibration(scheme: SchemeConfig) -> bool:
     """Data is needed for data-driven algorithms and for static activation or KV-cache scales."""
-    if scheme.algorithm.upper() != "RTN" or scheme.kv_cache_fp8:
+    if algorithms.get(scheme.algorithm).needs_data or scheme.kv_cache_fp8:
         return True
     presets = [scheme.preset, *(p for p in scheme.layer_overrides.values() if p != KEEP)]
     for preset in presets:
@@ -80,10 +115,6 @@ def weight_bits(preset: str) -> int:
     return 16 if weights is None else weights.num_bits
 
 
-def _group_size_for(scheme: SchemeConfig, preset: str) -> int | None:
-    return scheme.group_size if preset.upper() == scheme.preset.upper() else None
-
-
 def _groups(scheme: SchemeConfig) -> list[tuple[list[str], str]]:
     """(targets, preset) for the main group and each per-layer-group override."""
     groups = [(["Linear"], scheme.preset)]
@@ -101,8 +132,9 @@ def ignore_list(ignore: IgnoreConfig, scheme: SchemeConfig, num_layers: int) -> 
 
 
 def config_groups(scheme: SchemeConfig) -> dict[str, QuantizationScheme]:
+    sized = group_size_targets(scheme)
     return {
-        f"group_{i}": quant_scheme(preset, targets, _group_size_for(scheme, preset))
+        f"group_{i}": quant_scheme(preset, targets, scheme.group_size if targets[0] in sized else None)
         for i, (targets, preset) in enumerate(_groups(scheme))
     }
 
@@ -121,29 +153,9 @@ def _kv_cache_scheme(scheme: SchemeConfig) -> QuantizationArgs | None:
 
 def build_recipe(scheme: SchemeConfig, ignore: list[str]) -> list[Any]:
     """llm-compressor modifiers for the scheme, in the order oneshot applies them."""
-    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
-
-    algorithm = scheme.algorithm.upper()
     quant_kwargs: dict[str, Any] = {
         "config_groups": config_groups(scheme),
         "ignore": ignore,
         "kv_cache_scheme": _kv_cache_scheme(scheme),
     }
-    if algorithm == "RTN":
-        return [QuantizationModifier(**quant_kwargs)]
-    if algorithm == "GPTQ":
-        return [GPTQModifier(dampening_frac=scheme.dampening_frac, **quant_kwargs)]
-    if algorithm == "SMOOTHQUANT_GPTQ":
-        from llmcompressor.modifiers.transform import SmoothQuantModifier
-
-        return [
-            SmoothQuantModifier(smoothing_strength=scheme.smoothing_strength),
-            GPTQModifier(dampening_frac=scheme.dampening_frac, **quant_kwargs),
-        ]
-    if algorithm == "AWQ":
-        from llmcompressor.modifiers.transform import AWQModifier
-
-        return [AWQModifier(), QuantizationModifier(**quant_kwargs)]
-    raise ConfigError(
-        f"scheme.algorithm={scheme.algorithm!r} is unknown; choose one of {', '.join(ALGORITHMS)}"
-    )
+    return algorithms.get(scheme.algorithm).build(scheme, quant_kwargs)

@@ -6,14 +6,25 @@ a baseline or a sweep point already FINISHED in the store is reused instead of r
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
+import os
 import re
+import shutil
+import tempfile
+import time
+import traceback
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
+from quantsweep import logs
 from quantsweep.config import TrackingConfig
+from quantsweep.errors import ConfigError
 
 ROLE = "quantsweep.role"
 FINGERPRINT = "quantsweep.fingerprint"
@@ -22,14 +33,28 @@ BASELINE_RUN = "quantsweep.baseline_run_id"
 SWEEP_ID = "quantsweep.sweep_id"
 ERROR = "quantsweep.error"
 CHECKPOINT_REUSED = "quantsweep.checkpoint_reused"
+# Where the evaluated items came from: `file:<path> sha256:<digest>` or `hub:<task>` (point.data_source).
+DATA_SOURCE = "quantsweep.data_source"
 # How recovery_stderr was computed: `paired` over the items both runs scored, or `independent`.
 RECOVERY_STDERR = "quantsweep.recovery_stderr"
 # Per-item scores of an evaluation run: {task: {metric: {doc_id: value}}}.
 ITEMS = "items.json"
+# The libraries' output during a run (quantsweep.logs).
+LOG = "logs.txt"
 PACKAGES = ("llmcompressor", "compressed-tensors", "lm_eval", "torch", "transformers", "quantsweep")
+# MLflow 3 records an experiment's kind as a tag; quantsweep's are runs with metrics ("Machine learning"),
+# not GenAI traces.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+CLASSIC_KIND = "custom_model_development"
+# A saved runs-table view is an experiment tag under this prefix; `?viewStateShareKey=<id>` opens it.
+VIEW_ID = "quantsweep"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
+KEY_METRICS = ("accuracy", "recovery", "disk_gib", "bits_per_weight", "passed")
 
 
+@functools.cache
 def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that change results (read once per process)."""
     found = {}
     for name in PACKAGES:
         try:
@@ -45,22 +70,96 @@ def fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _key_metrics_view() -> str:
+    """A saved view as MLflow's UI stores one (its 'Views' menu on the runs table): shows KEY_METRICS."""
+    metrics = [f"metrics.`{name}`" for name in KEY_METRICS]
+    name = "attributes.`Run Name`"  # long (model/scheme/algorithm/group/ignore): shown whole when wider
+    order = [name, "runDateAndNestInfo", "duration", *metrics]
+    state = json.dumps({"selectedColumns": metrics, "columnOrder": order, "columnWidths": {name: 330}})
+    now = int(time.time() * 1000)
+    return json.dumps({"name": "quantsweep key metrics", "createdAt": now, "updatedAt": now, "state": state})
+
+
 def setup(cfg: TrackingConfig) -> str:
-    """Point MLflow at the store, creating the SQLite folder and experiment; returns the experiment id."""
+    """Point MLflow at the store, creating the SQLite folder and experiment; returns the experiment id.
+
+    The experiment is marked as MLflow 3's classic kind and given a saved runs-table view of KEY_METRICS, on
+    creation and on an older experiment that lacks them; tags already there (a user's choice) are left alone.
+    """
+    check_store(cfg.uri)
     import mlflow
 
-    if cfg.uri.startswith("sqlite:///"):
-        Path(cfg.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # quantsweep prints its own run lines; MLflow's "View run at ..." per run (tracking servers) is noise.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
     mlflow.set_tracking_uri(cfg.uri)
-    experiment = mlflow.get_experiment_by_name(cfg.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifacts = Path(cfg.artifact_location).expanduser().resolve()
-    artifacts.mkdir(parents=True, exist_ok=True)
+    if cfg.uri.startswith("sqlite:///"):
+        db = Path(cfg.uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # The first access creates the schema: two processes doing it at once collide ("table exists").
+        with FileLock(f"{db}.lock"):
+            experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    else:
+        experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        # A tracking server stores artifacts where it was told (--serve-artifacts): no local path then.
+        location = None
+        if cfg.artifact_location:
+            artifacts = Path(cfg.artifact_location).expanduser().resolve()
+            artifacts.mkdir(parents=True, exist_ok=True)
+            location = artifacts.as_uri()
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # created meanwhile by another worker
+            mlflow.create_experiment(cfg.experiment, artifact_location=location)
+        experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    assert experiment is not None
+    client = mlflow.MlflowClient()
+    for key, make in ((EXPERIMENT_KIND, lambda: CLASSIC_KIND), (VIEW_TAG, _key_metrics_view)):
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, make())
+    return experiment.experiment_id
+
+
+# Database stores (MLflow's SQLAlchemy backends) and the pip package of each SQLAlchemy driver module.
+_DATABASES = ("postgresql", "mysql", "mssql", "sqlite")
+_DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+}
+
+
+def check_store(uri: str) -> None:
+    """A database tracking URI names a store whose SQLAlchemy driver imports: a missing one is one line
+    naming the package to install, before any work, not MLflow's `No module named ...` mid-run."""
+    if uri.partition("://")[0].partition("+")[0] not in _DATABASES:
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     try:
-        return mlflow.create_experiment(cfg.experiment, artifact_location=artifacts.as_uri())
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel sweep worker
-        return mlflow.get_experiment_by_name(cfg.experiment).experiment_id
+        url = make_url(uri)
+    except ArgumentError as exc:
+        raise ConfigError(
+            "tracking.uri is not a database URL SQLAlchemy can read; give dialect[+driver]://user@host/db "
+            "or sqlite:///mlruns/mlflow.db"
+        ) from exc
+    shown = url.render_as_string(hide_password=True)
+    try:
+        url.get_dialect().import_dbapi()
+    except NoSuchModuleError as exc:
+        raise ConfigError(
+            f"tracking.uri={shown!r}: SQLAlchemy has no driver {url.drivername!r}; name an installed one "
+            f"({url.get_backend_name()}+<driver>://) or use sqlite:///mlruns/mlflow.db"
+        ) from exc
+    except ImportError as exc:
+        package = _DRIVER_PACKAGES.get(exc.name or "", exc.name)
+        raise ConfigError(
+            f"tracking.uri={shown!r} needs the database driver {exc.name!r}, which is not installed: "
+            f"`pip install {package}` into this environment, or use sqlite:///mlruns/mlflow.db"
+        ) from exc
 
 
 def find_finished(experiment_id: str, fp: str) -> Any | None:
@@ -77,18 +176,6 @@ def find_finished(experiment_id: str, fp: str) -> Any | None:
     return runs[0] if runs else None
 
 
-def kill_stale(experiment_id: str, fp: str) -> None:
-    """Runs of this fingerprint still RUNNING belong to a process that died (kill -9, power loss)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    stale = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{FINGERPRINT}` = '{fp}' and attributes.status = 'RUNNING'"
-    )
-    for run in stale:
-        client.set_terminated(run.info.run_id, "KILLED")
-
-
 _BAD = re.compile(r"[^0-9A-Za-z_\-. /]")
 
 
@@ -99,6 +186,16 @@ def metric_name(name: str) -> str:
 
 # What MLflow accepts in a param key.
 _PARAM_KEY = re.compile(r"[0-9A-Za-z_\-. :/]+")
+
+
+# The password of a URL (`scheme://user:secret@host`): a tracking URI or a study storage may carry one.
+_SECRET = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/:@\s]*:)[^@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Mask any URL password in `text`; the one filter between the config and MLflow params and tags.
+    Credentials belong in the environment (PGPASSWORD, MLFLOW_TRACKING_PASSWORD), never in a config."""
+    return _SECRET.sub(r"\g<head>***@", text)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -112,7 +209,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(value, dict) and value and all(_PARAM_KEY.fullmatch(str(k)) for k in value):
             flat.update(flatten(value, name + "."))
         else:
-            flat[name] = json.dumps(value) if isinstance(value, list | dict) else value
+            value = json.dumps(value) if isinstance(value, list | dict) else value
+            flat[name] = redact(value) if isinstance(value, str) else value
     return flat
 
 
@@ -152,3 +250,58 @@ def load_items(run_id: str) -> dict[str, dict[str, dict[int, float]]] | None:
         task: {metric: {int(d): float(v) for d, v in values.items()} for metric, values in metrics.items()}
         for task, metrics in raw.items()
     }
+
+
+class Tracked:
+    """An MLflow run that ends FINISHED, FAILED (error logged) or KILLED (Ctrl-C), never left RUNNING.
+
+    While it is entered, the libraries' output is captured into its `logs.txt` artifact (quantsweep.logs).
+    """
+
+    def __init__(self, experiment_id: str, name: str, tags: dict[str, str], parent: str | None):
+        import mlflow
+
+        self.run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=name,
+            tags=tags,
+            parent_run_id=parent,
+            nested=parent is not None,
+        )
+        self.run_id = self.run.info.run_id
+        self.name = name
+        self.status = "FINISHED"
+        self.error: str | None = None
+
+    def withdraw(self) -> None:
+        """Take back a run that lost its claim (quantsweep.claims) before it did any work: it is deleted,
+        so neither the store nor the leaderboard ever shows it."""
+        import mlflow
+
+        mlflow.end_run("KILLED")
+        mlflow.MlflowClient().delete_run(self.run_id)
+
+    def __enter__(self) -> Tracked:
+        self._folder = Path(tempfile.mkdtemp(prefix="quantsweep-log-"))
+        self._capture = logs.Capture(self._folder / LOG).start()
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
+        import mlflow
+
+        self._capture.stop()
+        try:
+            if exc is not None:
+                self.status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+                self.error = f"{type(exc).__name__}: {exc}"
+                mlflow.set_tag(ERROR, redact(self.error)[:5000])
+                mlflow.log_text(redact("".join(traceback.format_exception(exc))), "error.txt")
+            mlflow.log_artifact(str(self._capture.path))
+            log_uri = mlflow.get_artifact_uri(LOG)
+        finally:
+            mlflow.end_run(self.status)
+            shutil.rmtree(self._folder, ignore_errors=True)
+        if self.status != "FINISHED":
+            logs.say(f"quantsweep: {self.name} {self.status}; the libraries' log: {log_uri}", err=True)
+        # Errors are logged on the run and reported by status; Ctrl-C still stops the process.
+        return self.status == "FAILED"

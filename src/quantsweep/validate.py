@@ -1,29 +1,20 @@
 """Pre-flight validation: every bad value gets one ConfigError naming it and the fix, before heavy work.
 
-`check_config` needs nothing but the config (and files' existence); `check_model` needs the model's
-config.json and builds the model on the meta device (no weights) to see every layer a recipe targets.
+`check_scheme` and `check_eval` need nothing but the config (and files' existence); `check_group_sizes`
+needs the model built on the meta device (no weights) to see every layer a recipe targets.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
-from quantsweep import calibration, models, recipes
-from quantsweep.config import Config, EvalConfig, SchemeConfig
+from quantsweep import algorithms, recipes
+from quantsweep.config import EvalConfig, SchemeConfig
 from quantsweep.errors import ConfigError
-from quantsweep.evaluate import FILE_TASKS
-
-FLOOR_ON = ("recovery", "accuracy")
-
-
-def check_config(cfg: Config) -> None:
-    check_scheme(cfg.scheme)
-    check_eval(cfg.eval)
-    if recipes.needs_calibration(cfg.scheme):
-        calibration.check(cfg.calibration)
-    models.check_source(cfg.model)
+from quantsweep.evaluation import checks
+from quantsweep.evaluation.harness import interpreter
+from quantsweep.floor import check_floor
 
 
 def check_scheme(scheme: SchemeConfig) -> None:
@@ -31,35 +22,21 @@ def check_scheme(scheme: SchemeConfig) -> None:
     for target, preset in scheme.layer_overrides.items():
         if preset != recipes.KEEP:
             recipes.check_preset(preset, f"scheme.layer_overrides[{target!r}]")
-    if scheme.algorithm.upper() not in recipes.ALGORITHMS:
-        raise ConfigError(
-            f"scheme.algorithm={scheme.algorithm!r} is unknown; choose one of {', '.join(recipes.ALGORITHMS)}"
-        )
+    algorithm = algorithms.get(scheme.algorithm)
     if scheme.group_size is not None and scheme.group_size < 1:
         raise ConfigError(f"scheme.group_size={scheme.group_size} must be a positive integer")
-    if scheme.algorithm.upper() == "AWQ":
+    if algorithm.needs_cuda:
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError(
-                "scheme.algorithm=AWQ needs a CUDA GPU (llm-compressor's AWQ does not run on CPU); "
+                f"scheme.algorithm={algorithm.name} needs a CUDA GPU (llm-compressor runs it on CUDA only); "
                 "use scheme.algorithm=GPTQ or RTN here"
             )
-    recipes.config_groups(scheme)  # group-size overrides on presets without groups fail here
-
-
-def check_floor(floor: float, floor_on: str, group: str) -> None:
-    """A floor is a fraction in [0, 1] on recovery or accuracy, for `eval.*` and `search.*` alike."""
-    if not 0.0 <= floor <= 1.0:
-        raise ConfigError(
-            f"{group}.floor={floor} is outside [0, 1]; give a fraction, e.g. {group}.floor=0.97 for 97%"
-        )
-    if floor_on not in FLOOR_ON:
-        raise ConfigError(f"{group}.floor_on={floor_on!r}; choose one of {', '.join(FLOOR_ON)}")
 
 
 def check_eval(cfg: EvalConfig) -> None:
-    check_floor(cfg.floor, cfg.floor_on, "eval")
+    check_floor(cfg.floor, cfg.floor_on, "eval", list(cfg.tasks))
     if not cfg.tasks:
         raise ConfigError("eval.tasks is empty; name at least one lm-eval task, e.g. [hellaswag]")
     if cfg.primary_task is not None and cfg.primary_task not in cfg.tasks:
@@ -68,33 +45,39 @@ def check_eval(cfg: EvalConfig) -> None:
         raise ConfigError(f"eval.limit={cfg.limit} must be positive (a count, or a fraction < 1)")
     if cfg.num_fewshot is not None and cfg.num_fewshot < 0:
         raise ConfigError(f"eval.num_fewshot={cfg.num_fewshot} must be 0 or more")
-    if cfg.backend != "hf" and not cfg.python:
+    check_batch_size(cfg.batch_size)
+    # The backend is known and its interpreter exists (vllm: eval.python or a built `.venv-vllm/`).
+    interpreter(cfg)
+    checks.check(cfg)
+
+
+def check_batch_size(batch_size: str) -> None:
+    """lm-eval takes a positive count, `auto` (probe the largest that fits) or `auto:N` (probe N times)."""
+    count = batch_size.removeprefix("auto:") if batch_size.startswith("auto:") else batch_size
+    if batch_size != "auto" and not (count.isdigit() and int(count) > 0):
         raise ConfigError(
-            f"eval.backend={cfg.backend!r} runs in a separate Python environment (vLLM pins other "
-            "torch/compressed-tensors versions); set eval.python=/path/to/that/env/bin/python"
+            f"eval.batch_size={batch_size!r} is not a batch size; give a positive integer "
+            "(eval.batch_size=8), auto or auto:N"
         )
-    if cfg.python and not Path(cfg.python).is_file():
-        raise ConfigError(f"eval.python={cfg.python!r} does not exist; give a Python interpreter's path")
-    for task in cfg.tasks:
-        if task in FILE_TASKS:
-            if not cfg.data_path:
-                raise ConfigError(f"eval.tasks has {task!r}, which reads a local file: set eval.data_path")
-            FILE_TASKS[task].check(cfg.data_path)
-    _check_task_names([t for t in cfg.tasks if t not in FILE_TASKS])
 
 
-def _check_task_names(tasks: list[str]) -> None:
-    if not tasks:
-        return
-    from lm_eval.tasks import TaskManager
+# How to fill the mandatory values a shipped config leaves open.
+_MANDATORY_FIXES = {
+    "model.source": "model=custom needs it: add model.source=/path/to/checkpoint or model.source=<org>/<name>"
+}
 
-    known = set(TaskManager().all_tasks)
-    unknown = [t for t in tasks if t not in known]
-    if unknown:
-        raise ConfigError(
-            f"eval.tasks has {unknown}, unknown to lm-eval; see `lm-eval ls tasks` or use "
-            f"{', '.join(FILE_TASKS)} with eval.data_path"
-        )
+
+def check_complete(cfg: Any, prefix: str = "") -> None:
+    """Every mandatory value (`???` in a config) is set: one line naming it, not OmegaConf's dump."""
+    from omegaconf import DictConfig, OmegaConf
+
+    for key in cfg:
+        name = f"{prefix}{key}"
+        if OmegaConf.is_missing(cfg, key):
+            fix = _MANDATORY_FIXES.get(name, f"add {name}=<value> to the command line")
+            raise ConfigError(f"{name} is not set; {fix}")
+        if not OmegaConf.is_interpolation(cfg, key) and isinstance(cfg[key], DictConfig):
+            check_complete(cfg[key], name + ".")
 
 
 def meta_model(source: str, trust_remote_code: bool = False) -> Any:
@@ -107,34 +90,44 @@ def meta_model(source: str, trust_remote_code: bool = False) -> Any:
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
-def check_group_sizes(layers: dict[str, tuple[Any, Any]], scheme: SchemeConfig) -> None:
-    """Group-wise weights need each layer's input size divisible by the group size of the config group
-    that layer gets. `layers` are matched as compressed-tensors matches them (`predict.quantized_layers`):
-    a layer a per-layer-group override takes is held to that override's preset, not to the main scheme."""
+def divided_widths(module: Any, weights: Any) -> list[tuple[int, int]]:
+    """(a layer's width, the size that must divide it) for weights grouped along the input (groups: the
+    input size) or in blocks (both edges: activations are grouped by the input edge, and vLLM merges
+    layers along the output); none for weights with a scale per channel or per tensor."""
     from compressed_tensors.quantization import QuantizationStrategy
 
-    grouped = (QuantizationStrategy.GROUP, QuantizationStrategy.TENSOR_GROUP)
+    rows, columns = (int(d) for d in module.weight.shape)
+    if weights.strategy in (QuantizationStrategy.GROUP, QuantizationStrategy.TENSOR_GROUP):
+        return [(columns, int(weights.group_size))]
+    if weights.strategy == QuantizationStrategy.BLOCK:
+        block_rows, block_columns = weights.block_structure
+        return [(columns, int(block_columns)), (rows, int(block_rows))]
+    return []
+
+
+def check_group_sizes(layers: dict[str, tuple[Any, Any]], scheme: SchemeConfig) -> None:
+    """Grouped weights need each layer's widths divisible by the group (or block) size of the config group
+    that layer gets. `layers` are matched as compressed-tensors matches them (`predict.quantized_layers`):
+    a layer a per-layer-group override takes is held to that override's preset, not to the main scheme."""
     bad: list[tuple[str, int, int, list[str]]] = []
     for name, (module, group) in layers.items():
-        if group.weights.strategy not in grouped:
-            continue
-        columns, size = int(module.weight.shape[-1]), int(group.weights.group_size)
-        if columns % size:
-            bad.append((name, columns, size, list(group.targets)))
+        misfit = [(width, size) for width, size in divided_widths(module, group.weights) if width % size]
+        if misfit:
+            bad.append((name, *misfit[0], list(group.targets)))
     if not bad:
         return
     main = [b for b in bad if "Linear" in b[3]]
-    name, columns, size, targets = (main or bad)[0]
+    name, width, size, targets = (main or bad)[0]
     if main:
-        fits = _largest_dividing_power_of_two(sorted({c for _, c, _, _ in main}), size)
+        fits = _largest_dividing_power_of_two(sorted({w for _, w, _, _ in main}), size)
         raise ConfigError(
-            f"scheme.group_size={size} does not divide the input size of {len(main)} targeted layers "
-            f"(e.g. {name}: {columns}); use scheme.group_size={fits}, or add those layers to ignore"
+            f"scheme.group_size={size} does not divide the widths of {len(main)} targeted layers "
+            f"(e.g. {name}: {width}); use scheme.group_size={fits}, or add those layers to ignore"
         )
     target = targets[0]
     raise ConfigError(
         f"scheme.layer_overrides[{target!r}]={scheme.layer_overrides[target]} has groups of {size}, which do "
-        f"not divide the input size of {len(bad)} layers it takes (e.g. {name}: {columns}); give them a "
+        f"not divide the widths of {len(bad)} layers it takes (e.g. {name}: {width}); give them a "
         "channel-wise preset (W8A8, FP8_dynamic), or add them to ignore"
     )
 
