@@ -5,10 +5,12 @@ from omegaconf import DictConfig
 
 import quantsweep.config  # noqa: F401  (registers the structured schema)
 from quantsweep.cli import main as run_one
+from quantsweep.outcome import Outcome
 
 
 @hydra.main(version_base="1.3", config_path="src/quantsweep/conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> Outcome | None:
+    """One combination (prints its summary, returns None), or one point of a sweep (its Outcome)."""
     return run_one(cfg)
 
 

@@ -77,6 +77,7 @@ def test_runs_and_summary_say_where_the_items_came_from(design_card, task_file):
     assert f"custom baseline: hellaswag_file, 1-shot, 6 items, from {source}" in card.stdout
 
 
+@pytest.mark.slow
 def test_readme_sweep_with_an_explicit_group_size(tiny_model, task_file, calib_file, tmp_path):
     overrides = [
         *base_overrides(tiny_model, task_file, calib_file, tmp_path),
@@ -226,6 +227,7 @@ def test_a_sweep_to_a_store_without_its_driver_stops_in_one_line(task_file, tmp_
     assert line.startswith("quantsweep: error: tracking.uri='mysql://quant:***@localhost/mlflow' needs")
 
 
+@pytest.mark.slow
 def test_a_sweep_point_without_a_model_source_fails_alone_in_one_line(task_file, calib_file, tmp_path):
     base = [
         o for o in base_overrides(Path("unused"), task_file, calib_file, tmp_path) if "model.source" not in o
