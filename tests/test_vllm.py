@@ -79,7 +79,7 @@ def test_baseline_and_points_score_through_vllm_with_per_item_scores(scored):
         assert sum(items.values()) / len(items) == pytest.approx(m["accuracy"])
         assert sum(base_items.values()) / len(base_items) == pytest.approx(m["baseline_accuracy"])
         assert run.data.tags[tracking.RECOVERY_STDERR] == "paired"
-        assert m["recovery_stderr"] == pytest.approx(recovery.paired_stderr(items, base_items))
+        assert m["recovery_stderr"] == pytest.approx(recovery.paired_stderr(items, base_items, adjusted=True))
         # lm-eval's CLI in another process: load time is not separable from scoring, so it is not logged.
         assert "time_eval_load_s" not in m and m["time_eval_s"] > 0
     assert len(baselines) == 1  # one vLLM baseline serves both points
