@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -59,6 +60,31 @@ def sweep(work: Path, hellaswag: Path, text: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
+STAMP = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\]\[lm_eval\.evaluator\]\[INFO\] - Running (\w+) requests"
+)
+BAR = re.compile(r"\| (\d+)/\1 \[(\d+):(\d+)<")
+
+
+def task_seconds(log: str) -> tuple[float | None, float | None]:
+    """(HellaSwag's log-likelihood phase, the text file's rolling phase) in seconds, from lm-eval's lines
+    in the run's logs.txt: the first lasts until the second starts; the second is the sum of its progress
+    bars (lm-eval runs the multiple-choice requests, then the rolling ones)."""
+    from datetime import datetime
+
+    lines = log.replace("\r", "\n").splitlines()
+    starts = {}
+    for i, line in enumerate(lines):
+        found = STAMP.match(line)
+        if found:
+            starts[found[2]] = (datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S,%f"), i)
+    if "loglikelihood" not in starts or "loglikelihood_rolling" not in starts:
+        return None, None
+    (ll, _), (rolling, at) = starts["loglikelihood"], starts["loglikelihood_rolling"]
+    bars = [m for line in lines[at:] if (m := BAR.search(line))]  # each bar's 100% line, once
+    return (rolling - ll).total_seconds(), float(sum(60 * int(m[2]) + int(m[3]) for m in bars))
+
+
 def rows(work: Path) -> list[dict[str, Any]]:
     """Baseline first, then the points, with what the tables need."""
     import mlflow
@@ -90,6 +116,8 @@ def rows(work: Path) -> list[dict[str, Any]]:
         for name in ("recovery_mean", "recovery_mean_stderr", "recovery_worst", "recovery_worst_stderr"):
             row[name] = m.get(name)
         row["worst_task"] = tags.get("quantsweep.worst_task")
+        log = Path(run.info.artifact_uri.removeprefix("file://"), "logs.txt")
+        row["hellaswag_s"], row["text_s"] = task_seconds(log.read_text()) if log.is_file() else (None, None)
         found.append(row)
     return found
 
@@ -104,7 +132,8 @@ def _pm(value: float | None, err: float | None, digits: int, scale: float = 1.0,
 def markdown(found: list[dict[str, Any]]) -> str:
     head = (
         "| run | GiB | HellaSwag acc_norm | word perplexity | HellaSwag recovery | perplexity recovery "
-        "| mean recovery | worst | quantize s | eval s |\n|---|--:|--:|--:|--:|--:|--:|---|--:|--:|"
+        "| mean recovery | worst | quantize s | eval s | of which HellaSwag s | perplexity s |"
+        "\n|---|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|"
     )
     lines = [head]
     for r in found:
@@ -127,6 +156,8 @@ def markdown(found: list[dict[str, Any]]) -> str:
                     "-" if base else str(r["worst_task"]),
                     "-" if r["time_quantize_s"] is None else f"{r['time_quantize_s']:.1f}",
                     f"{r['time_eval_s']:.0f}",
+                    "-" if r["hellaswag_s"] is None else f"{r['hellaswag_s']:.0f}",
+                    "-" if r["text_s"] is None else f"{r['text_s']:.0f}",
                 ]
             )
             + " |"

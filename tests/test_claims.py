@@ -89,3 +89,26 @@ def test_a_claim_is_alive_while_its_heartbeat_is_fresh():
     now = 10_000.0
     assert claims.alive(Run(now - claims.LEASE_S + 1), now)
     assert not claims.alive(Run(now - claims.LEASE_S - 1), now)
+
+
+def test_a_claim_won_after_the_other_worker_finished_reuses_its_result(tmp_path):
+    """The race CI met on 2026-11-29: worker B finds nothing FINISHED, worker A finishes, then B claims and is
+    the only live claimant. B must take A's result and leave no run of its own."""
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = mlflow.create_experiment("race")
+    client = mlflow.MlflowClient()
+    fp = "race-fingerprint"
+    tags = {tracking.FINGERPRINT: fp}
+    started: list[str] = []
+
+    def start() -> tracking.Tracked:
+        other = client.create_run(experiment, tags=tags).info.run_id  # A finishes in the gap
+        client.set_terminated(other, "FINISHED")
+        started.append(other)
+        return tracking.Tracked(experiment, "b", tags | claims.owner_tags(), None)
+
+    claimed = claims.acquire(experiment, fp, "the point", start)
+
+    assert not isinstance(claimed, tracking.Tracked) and claimed.info.run_id == started[0]
+    left = client.search_runs([experiment], filter_string=f"tags.`{tracking.FINGERPRINT}` = '{fp}'")
+    assert [r.info.run_id for r in left] == started  # B's withdrawn claim is deleted

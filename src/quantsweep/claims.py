@@ -105,7 +105,8 @@ def acquire(experiment_id: str, fp: str, what: str, start: Callable[[], Tracked]
 
     A worker proceeds only when its own run is the one live claim: each claimant starts its run before it
     looks, so of two that overlap at least one sees the other and withdraws; both withdrawing is resolved by a
-    random pause before the next try."""
+    random pause before the next try. A claim that wins looks for a FINISHED run once more, because the
+    other worker may have finished between the first look and this claim (its run is then no longer live)."""
     while True:
         done = find_finished(experiment_id, fp) if reuse else None
         if done is not None:
@@ -113,7 +114,11 @@ def acquire(experiment_id: str, fp: str, what: str, start: Callable[[], Tracked]
         reap(experiment_id, fp)
         tracked = start()
         if live_claims(experiment_id, fp) == [tracked.run_id]:
-            return tracked
+            done = find_finished(experiment_id, fp) if reuse else None
+            if done is None:
+                return tracked
+            tracked.withdraw()
+            return done
         tracked.withdraw()
         wait_for(experiment_id, fp, what)
         time.sleep(random.uniform(0.0, POLL_S))

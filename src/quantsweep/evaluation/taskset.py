@@ -30,10 +30,6 @@ FILE_TASKS: dict[str, Any] = {"hellaswag_file": hellaswag_file, "text_file": tex
 LOCAL_BUILDERS = {"json", "csv", "text", "parquet", "arrow", "pandas"}
 
 
-def shipped_tasks() -> list[str]:
-    return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
-
-
 def data_path(cfg: EvalConfig, task: str) -> str | None:
     """The local file a `*_file` task reads: eval.data_paths[task], else eval.data_path."""
     return cfg.data_paths.get(task) or cfg.data_path
