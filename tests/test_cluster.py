@@ -222,7 +222,7 @@ def test_worker_killed_mid_point_fails_that_point_alone_and_a_rerun_redoes_only_
 @pytest.mark.cluster
 def test_slurm_launcher_path_runs_points_as_submitit_jobs(tiny_model, task_file, calib_file, tmp_path):
     """hydra/launcher=slurm_local: each point a submitit job (a process of its own, as under SLURM), the
-    sweep's context reaching it through the environment."""
+    sweep's context reaching it in the job's own overrides."""
     pytest.importorskip("submitit", reason="the cluster extra: pip install -e '.[cluster]'")
     grid = ["scheme=W4A16", "scheme.group_size=64,32"]
     overrides = [*base_overrides(tiny_model, task_file, calib_file, tmp_path), *grid]

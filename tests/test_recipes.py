@@ -8,7 +8,8 @@ from conftest import CONF, compose
 from quantsweep import recipes
 from quantsweep.config import IgnoreConfig, SchemeConfig
 
-SCHEMES = sorted(p.stem for p in (CONF / "scheme").glob("*.yaml"))
+# scheme=dense quantizes nothing: its recipe is a sparsity's alone (tests/test_sparsity.py).
+SCHEMES = sorted(p.stem for p in (CONF / "scheme").glob("*.yaml") if p.stem != "dense")
 
 
 @pytest.mark.parametrize("name", SCHEMES)
@@ -35,11 +36,13 @@ def test_needs_calibration(preset, algorithm, needed):
     assert recipes.needs_calibration(SchemeConfig(name=preset, preset=preset, algorithm=algorithm)) is needed
 
 
-def test_kv_cache_fp8_needs_data_and_adds_a_kv_scheme():
-    scheme = SchemeConfig(name="x", preset="FP8_DYNAMIC", kv_cache_fp8=True)
+@pytest.mark.parametrize(("kv", "strategy"), [("fp8", "tensor"), ("fp8_head", "attn_head")])
+def test_kv_cache_fp8_needs_data_and_adds_a_kv_scheme(kv, strategy):
+    scheme = SchemeConfig(name="x", preset="FP8_DYNAMIC", kv_cache=kv)
     assert recipes.needs_calibration(scheme)
     (modifier,) = recipes.build_recipe(scheme, [])
     assert modifier.kv_cache_scheme.num_bits == 8 and not modifier.kv_cache_scheme.dynamic
+    assert modifier.kv_cache_scheme.strategy == strategy and modifier.kv_cache_scheme.type == "float"
 
 
 def test_group_size_override_reaches_the_weights():

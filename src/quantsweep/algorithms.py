@@ -25,6 +25,9 @@ class Algorithm:
     needs_data: bool
     # llm-compressor runs it on CUDA only.
     needs_cuda: bool = False
+    # Leaves a pruned (zero) weight zero: scaling and rounding do, GPTQ's error compensation, which updates
+    # the weights not yet quantized, does not (measured: 2:4 held in about 80 % of the groups after it).
+    keeps_zeros: bool = True
 
 
 def _rtn(scheme: SchemeConfig, quant: dict[str, Any]) -> list[Any]:
@@ -55,9 +58,9 @@ ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in (
         Algorithm("RTN", _rtn, needs_data=False),
-        Algorithm("GPTQ", _gptq, needs_data=True),
+        Algorithm("GPTQ", _gptq, needs_data=True, keeps_zeros=False),
         Algorithm("AWQ", _awq, needs_data=True, needs_cuda=True),
-        Algorithm("SMOOTHQUANT_GPTQ", _smoothquant_gptq, needs_data=True),
+        Algorithm("SMOOTHQUANT_GPTQ", _smoothquant_gptq, needs_data=True, keeps_zeros=False),
     )
 }
 

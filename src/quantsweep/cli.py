@@ -36,7 +36,7 @@ def report(cfg: Config, ctx: Context) -> Outcome:
 def main(composed: DictConfig) -> Outcome | None:
     """Hydra's task function: one combination alone, or one point of a sweep."""
     cfg = cast(Config, composed)  # the structured schema, checked by OmegaConf at composition
-    ctx = Context.current()
+    ctx = Context.of(cfg)  # what the sweeper put in the job's overrides; empty alone
     if ctx.parent is None:
         _single(cfg, ctx)
         return None

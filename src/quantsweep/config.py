@@ -43,11 +43,33 @@ class SchemeConfig:
     algorithm: str = "RTN"
     # None keeps the preset's own group size.
     group_size: int | None = None
-    # Static FP8 KV cache scales (calibrated): vLLM then stores the KV cache in FP8.
-    kv_cache_fp8: bool = False
+    # KV-cache quantization (quantsweep/kv_cache.py): none | fp8 (calibrated static FP8 scales, one per
+    # tensor) | fp8_head (one per KV head). vLLM then stores the KV cache in FP8.
+    kv_cache: str = "none"
+    # Replaced by kv_cache (fp8 = kv_cache_fp8=true); set, it is refused with the new spelling.
+    kv_cache_fp8: bool | None = None
     # Per-layer-group precision: {target module pattern: preset name, or "bf16" to keep it unquantized}.
     layer_overrides: dict[str, str] = field(default_factory=dict)
     smoothing_strength: float = 0.8
+    dampening_frac: float = 0.01
+
+
+@dataclass
+class SparsityConfig:
+    """Weight pruning before quantization (conf/sparsity/, quantsweep/sparsity.py): none, or 2:4."""
+
+    name: str = "none"
+    # llm-compressor's mask_structure, N:M: N of every M consecutive weights along a layer's input are zero.
+    # null keeps the weights dense; 2:4, what NVIDIA's sparse tensor cores run, is the one accepted.
+    mask_structure: str | None = None
+    # The fraction of each pruned layer's weights that is zero: N/M under a mask structure (0.5 for 2:4).
+    sparsity: float = 0.5
+    algorithm: str = "SparseGPT"
+    # Modules whose Linear layers are pruned (SparseGPT's targets): the decoder layers. The point's ignore
+    # list leaves its layers dense too; embeddings and lm_head are outside the decoder layers.
+    targets: list[str] = field(default_factory=lambda: [r"re:.*layers\.\d+$"])
+    # SparseGPT's columns per pass (a multiple of M) and Hessian dampening.
+    block_size: int = 128
     dampening_frac: float = 0.01
 
 
@@ -139,9 +161,15 @@ class SearchConfig:
     floor_on: str = "${eval.floor_on}"
     # One-sided confidence of that bound: 0.9 -> z = 1.2816; 0.5 judges the point estimate alone.
     confidence: float = 0.9
-    # What "smallest" means: disk_bytes | weights_vram | gpus (GPUs of gpu_mem_gb for the weights vRAM).
+    # What "smallest" means: disk_bytes | weights_vram | gpus (GPUs of gpu_mem_gb for the weights vRAM) |
+    # deployment (weights vRAM + the KV cache of `concurrency` sequences of `context` tokens) |
+    # deployment_gpus (GPUs of gpu_mem_gb for that).
     objective: str = "disk_bytes"
     gpu_mem_gb: float = 80.0
+    # Tokens per sequence the deployment objectives size the KV cache for; null: the model's own context
+    # (max_position_embeddings).
+    context: int | None = None
+    concurrency: int = 1
     # Items per task for the first, cheap evaluation; null evaluates every trial at eval.limit only.
     low_fidelity_limit: int | None = 50
     # One-sided confidence of the upper bound that prunes a trial after the cheap evaluation (it must miss
@@ -171,15 +199,43 @@ class ResourcesConfig:
 
 
 @dataclass
+class QuantizeConfig:
+    """How the quantization step uses the GPU (not what it computes: no fingerprint reads it)."""
+
+    # GiB of GPU memory quantization may take, for models larger than that: the model is loaded on the CPU
+    # and llm-compressor onloads one decoder layer (RTN: one Linear) at a time to the first GPU, whose
+    # allocator is capped here so exceeding it fails. null: no cap (the model is loaded on the GPU).
+    max_gpu_memory_gib: float | None = None
+
+
+@dataclass
+class SweepRunConfig:
+    """The sweep a job belongs to, which its sweeper appends to the job's overrides (`sweep_run.*`, see
+    sweeps/bookkeeping.py) so every launcher carries it; all null for a single run. Not part of what a run
+    computes: point.as_dict leaves it out of params and config.yaml, and no fingerprint reads it."""
+
+    # The sweep's MLflow parent run, and its id (the runs' quantsweep.sweep_id tag).
+    parent: str | None = None
+    sweep_id: str | None = None
+    # Points in the sweep (null for a search, whose size is not known ahead) and when it started (epoch
+    # seconds): the progress lines' [3/8] and ETA.
+    total: int | None = None
+    start: float | None = None
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     scheme: SchemeConfig = MISSING
     ignore: IgnoreConfig = MISSING
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     calibration: CalibrationConfig = MISSING
     eval: EvalConfig = MISSING
     tracking: TrackingConfig = MISSING
     search: SearchConfig = field(default_factory=SearchConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    sweep_run: SweepRunConfig = field(default_factory=SweepRunConfig)
     output_dir: str = "outputs/checkpoints"
     cache_dir: str = "~/.cache/quantsweep"
     force: bool = False

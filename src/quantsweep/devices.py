@@ -5,13 +5,14 @@ from __future__ import annotations
 import fcntl
 import gc
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from quantsweep.errors import ConfigError
+from quantsweep.tables import GIB
 
 # Set by the sweeper when the joblib launcher runs points in parallel worker processes on one host: the
 # number of workers, each owning resources.gpus_per_point GPUs. Ray and SLURM set CUDA_VISIBLE_DEVICES per
@@ -92,24 +93,70 @@ def device_name() -> str:
 
 @dataclass
 class Peak:
+    """A phase's peak memory: `bytes` is the sum over the cards the process sees (each card's own peak,
+    so what the phase needed of all of them), `max_card` the largest one card held; None on CPU."""
+
     bytes: int | None = None
+    max_card: int | None = None
+    per_card: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_cards(cls, per_card: Sequence[int]) -> Peak:
+        """The aggregate of per-card peaks (torch.cuda.max_memory_allocated(i) for each card i)."""
+        cards = [int(b) for b in per_card]
+        if not cards:
+            return cls()
+        return cls(bytes=sum(cards), max_card=max(cards), per_card=cards)
 
 
 @contextmanager
 def peak_memory(device: str) -> Iterator[Peak]:
-    """Peak CUDA memory allocated inside the block (None on CPU, where no figure is comparable)."""
+    """Peak CUDA memory allocated inside the block on every visible card (None on CPU, where no figure is
+    comparable). A point's process sees only its own cards (CUDA_VISIBLE_DEVICES), and a card it does not
+    use reports 0, so the sum is over the cards the point used."""
     import torch
 
     peak = Peak()
     on_cuda = device.startswith("cuda") and torch.cuda.is_available()
+    cards = range(torch.cuda.device_count()) if on_cuda else range(0)
     if on_cuda:
         release()
-        torch.cuda.reset_peak_memory_stats()
+        for card in cards:
+            torch.cuda.reset_peak_memory_stats(card)
     try:
         yield peak
     finally:
         if on_cuda:
-            peak.bytes = int(torch.cuda.max_memory_allocated())
+            found = Peak.from_cards([torch.cuda.max_memory_allocated(card) for card in cards])
+            peak.bytes, peak.max_card, peak.per_card = found.bytes, found.max_card, found.per_card
+
+
+def cap_fraction(cap_gib: float, total_bytes: int) -> float | None:
+    """The share of a card's memory a cap of `cap_gib` is (torch's per-process memory fraction), or None
+    when the card holds no more than that (nothing to cap)."""
+    fraction = cap_gib * GIB / total_bytes
+    return fraction if fraction < 1 else None
+
+
+@contextmanager
+def memory_cap(cap_gib: float | None) -> Iterator[float | None]:
+    """Inside the block torch's allocator may reserve at most `cap_gib` GiB on cuda:0, the card
+    llm-compressor onloads to (more raises torch.OutOfMemoryError instead of silently taking it); yields
+    the fraction set, None where nothing is capped (no cap, no GPU, or a card no larger than the cap).
+    Restored afterwards. Other cards are left alone: the onloading path does not use them."""
+    import torch
+
+    if cap_gib is None or not torch.cuda.is_available():
+        yield None
+        return
+    fraction = cap_fraction(cap_gib, torch.cuda.get_device_properties(0).total_memory)
+    if fraction is not None:
+        torch.cuda.set_per_process_memory_fraction(fraction, 0)
+    try:
+        yield fraction
+    finally:
+        if fraction is not None:
+            torch.cuda.set_per_process_memory_fraction(1.0, 0)
 
 
 def release() -> None:

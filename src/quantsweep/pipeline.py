@@ -15,7 +15,7 @@ from typing import Any
 from filelock import FileLock
 from omegaconf import OmegaConf
 
-from quantsweep import claims, devices, logs, recipes, suite, tracking
+from quantsweep import claims, devices, kv_cache, logs, recipes, sparsity, suite, tracking
 from quantsweep.config import Config
 from quantsweep.evaluation import deploy
 from quantsweep.evaluation.harness import EvalResult, evaluate
@@ -162,12 +162,13 @@ def _quantize_once(cfg: Config, point: Point, checkpoint: Path) -> dict[str, flo
             with logs.phase(f"{point.name}: quantizing ({cfg.scheme.algorithm})"):
                 q = quantize(
                     point.source,
-                    recipes.build_recipe(point.scheme, point.ignore),
+                    recipes.build_recipe(point.scheme, point.ignore, cfg.sparsity),
                     checkpoint,
                     cfg.calibration if point.uses_calibration else None,
                     cfg.seed,
                     cfg.model.trust_remote_code,
                     gpus=cfg.resources.gpus_per_point,
+                    max_gpu_memory_gib=cfg.quantize.max_gpu_memory_gib,
                 )
     mlflow.set_tag(tracking.CHECKPOINT_REUSED, str(reused).lower())
     if reused:  # a reused checkpoint cost nothing here: no quantization times are logged
@@ -179,6 +180,7 @@ def _quantize_once(cfg: Config, point: Point, checkpoint: Path) -> dict[str, flo
         "time_quantize_s": q.seconds_quantize,
         "time_save_s": q.seconds_save,
         "peak_gpu_mem_quantize_gib": _gib(q.peak_memory_bytes),
+        "peak_gpu_mem_quantize_max_card_gib": _gib(q.peak_memory_max_card_bytes),
     }
 
 
@@ -226,18 +228,21 @@ def _run_point(cfg: Config, point: Point, baseline: Any, parent: str | None, swe
         checkpoint = Path(cfg.output_dir).expanduser() / cfg.model.name / point.checkpoint_fp
         metrics |= _quantize_once(cfg, point, checkpoint)
         mlflow.log_artifact(str(checkpoint / "recipe.yaml"))
-        mlflow.log_text(tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+        mlflow.log_text(tracking.redact(OmegaConf.to_yaml(as_dict(cfg))), "config.yaml")
         base = baseline.data.metrics
         params_count = int(base.get("num_parameters") or measured.num_parameters(point.source))
-        kv_bytes = 1 if cfg.scheme.kv_cache_fp8 else 2
+        kv_bytes = kv_cache.element_bytes(kv_cache.kind(point.scheme))
         metrics |= measured.footprint(checkpoint, params_count, kv_bytes, base.get("disk_bytes"))
         metrics["disk_bytes_predicted"] = point.predicted_bytes
+        metrics |= sparsity.record(checkpoint, point.sparse_layers, metrics["disk_bytes"], cfg.sparsity)
         tracking.log_metrics(metrics)
         with logs.phase(f"{point.name}: evaluating"):
             gpus = cfg.resources.gpus_per_point
-            result = evaluate(str(checkpoint), cfg.eval, cfg.cache_dir, cfg.seed, compressed=True, gpus=gpus)
+            compressed = not recipes.is_dense(point.scheme)  # scheme=dense saves no quantization config
+            result = evaluate(str(checkpoint), cfg.eval, cfg.cache_dir, cfg.seed, compressed, gpus=gpus)
         mlflow.log_dict(result.raw, "lm_eval_results.json")
         tracking.log_items(result.items)
+        kv_cache.record(point.name, result.kv_cache_applied)
         metrics |= _eval_metrics(result, params_count)
         if math.isnan(result.primary):
             raise FloatingPointError(f"{cfg.eval.primary_metric} is NaN for {point.name}")

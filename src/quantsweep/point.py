@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from omegaconf import OmegaConf
 
-from quantsweep import calibration, models, recipes, tracking, validate
+from quantsweep import calibration, kv_cache, models, quantize, recipes, sparsity, tracking, validate
 from quantsweep.config import Config, EvalConfig, IgnoreConfig, SchemeConfig
 from quantsweep.errors import ConfigError
 from quantsweep.evaluation import taskset
@@ -60,6 +60,8 @@ class Point:
     baseline_fp: str
     fp: str
     checkpoint_fp: str
+    # The Linear layers a sparsity prunes (none without one): what `sparsity.measure` reads back.
+    sparse_layers: tuple[str, ...] = ()
 
     @property
     def group_size_used(self) -> int | str:
@@ -70,11 +72,18 @@ class Point:
 def run_name(cfg: Config) -> str:
     scheme = cfg.scheme
     group = scheme.group_size if scheme.group_size is not None else "preset"
-    return f"{cfg.model.name}/{scheme.name}/{scheme.algorithm}/g{group}/{cfg.ignore.name}"
+    name = f"{cfg.model.name}/{scheme.name}/{scheme.algorithm}/g{group}/{cfg.ignore.name}"
+    return name + kv_cache.suffix(str(scheme.kv_cache)) + sparsity.suffix(cfg.sparsity)
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    """The config as a run records it (params, config.yaml): resolved, less the sweep the run belongs to
+    (`sweep_run`, set by the sweeper), which is no setting of what the run computes, and less the retired
+    `scheme.kv_cache_fp8` key (kept in the schema so that setting it is refused with the new spelling)."""
+    tree: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    tree.pop("sweep_run", None)
+    tree["scheme"].pop("kv_cache_fp8", None)
+    return tree
 
 
 def _model_identity(cfg: Config) -> dict[str, Any]:
@@ -141,8 +150,9 @@ def _quantization_identity(cfg: Config, fitted: Fitting, uses_calibration: bool)
     versions = tracking.package_versions()
     return {
         # The group size used, not the config's: a fitted 64 and an explicit 64 are the same checkpoint.
-        "scheme": dataclasses.asdict(fitted.scheme) | {"name": None},
+        "scheme": kv_cache.identity(fitted.scheme) | {"name": None},
         "ignore": fitted.ignore,
+        **sparsity.identity(cfg.sparsity),
         "calibration": calibration.identity(cfg.calibration) if uses_calibration else None,
         "seed": cfg.seed,
         "llmcompressor": versions["llmcompressor"],
@@ -198,13 +208,15 @@ def fitting(meta: Any, scheme: SchemeConfig, ignore_cfg: IgnoreConfig) -> Fittin
     ignore = recipes.ignore_list(ignore_cfg, base, num_layers)
     applied, note = _fit_group_size(meta, base, ignore)
     layers = predicted.quantized_layers(meta, applied, ignore)
-    if not layers:  # a checkpoint with a quantization config and no quantized weight does not load
+    # A checkpoint with a quantization config and no quantized weight does not load (scheme=dense has none).
+    if not layers and not recipes.is_dense(applied):
         raise ConfigError(
             f"ignore={ignore_cfg.name} leaves no layer of this {num_layers}-layer model to quantize with "
             f"{scheme.name}; choose another ignore list"
         )
     validate.check_group_sizes(layers, applied)
-    return Fitting(applied, ignore, predicted.disk_bytes(meta, layers), note)
+    kv_strategy = kv_cache.KINDS[kv_cache.kind(applied)]
+    return Fitting(applied, ignore, predicted.disk_bytes(meta, layers, kv_strategy), note)
 
 
 def fit(meta: Any, scheme: SchemeConfig, ignore_cfg: IgnoreConfig) -> tuple[list[str], int]:
@@ -218,12 +230,17 @@ def resolve(cfg: Config) -> Point:
     validate.check_complete(cfg)
     tracking.check_store(cfg.tracking.uri)
     validate.check_scheme(cfg.scheme)
+    validate.check_sparsity(cfg.sparsity, cfg.scheme)
     validate.check_eval(cfg.eval)
-    uses_calibration = recipes.needs_calibration(cfg.scheme)
+    # SparseGPT calibrates on data, whatever the scheme.
+    uses_calibration = recipes.needs_calibration(cfg.scheme) or sparsity.enabled(cfg.sparsity)
     if uses_calibration:
         calibration.check(cfg.calibration)
     source = models.resolve(cfg.model, cfg.cache_dir)
-    fitted = fitting(validate.meta_model(source, cfg.model.trust_remote_code), cfg.scheme, cfg.ignore)
+    quantize.check_memory_cap(cfg, source, uses_calibration)
+    meta = validate.meta_model(source, cfg.model.trust_remote_code)
+    fitted = fitting(meta, cfg.scheme, cfg.ignore)
+    sparse_layers = sparsity.layers(meta, cfg.sparsity, fitted.ignore)
     if fitted.note:
         print(f"quantsweep: {fitted.note}", file=sys.stderr, flush=True)
     quantization = _quantization_identity(cfg, fitted, uses_calibration)
@@ -242,4 +259,5 @@ def resolve(cfg: Config) -> Point:
         # What the checkpoint depends on (not the evaluation): points that differ only in how they are
         # evaluated (a search's two fidelities, a grid over num_fewshot) share one quantization.
         checkpoint_fp=tracking.fingerprint({"model": _model_identity(cfg), **quantization}),
+        sparse_layers=sparse_layers,
     )

@@ -3,10 +3,11 @@
 Ray does the scheduling. A point is one task that asks for its resources.gpus_per_point GPUs (none on a
 cluster without GPUs, where points take CPU slots), in a worker process of its own (max_calls=1), never
 retried by Ray (max_retries=0): a point cut short is redone by rerunning the sweep, which reuses every
-finished point from the store. What a job learns from its sweep (quantsweep's QUANTSWEEP_* variables: the
-parent run, the sweep id, ...) reaches the workers of every node through the task's runtime_env, and every
-run a point starts is tagged with the Ray node and task that ran it (MLflow's MLFLOW_RUN_CONTEXT), so a
-point whose worker died is found and closed KILLED by the driver.
+finished point from the store. What a job learns from its sweep (the parent run, the sweep id, ...) is in
+its own overrides (`sweep_run.*`, set by the sweeper), so it travels with the job's config; the user's
+QUANTSWEEP_* variables the config reads reach the workers of every node through the task's runtime_env.
+Every run a point starts is tagged with the Ray node and task that ran it (MLflow's MLFLOW_RUN_CONTEXT), so
+a point whose worker died is found and closed KILLED by the driver.
 """
 
 from __future__ import annotations
@@ -120,9 +121,11 @@ def _unplaceable(gpus: int, largest: int) -> ConfigError | None:
     return None
 
 
-def sweep_env() -> dict[str, str]:
-    """The sweep's context for its jobs: quantsweep's variables in this process (parent run, sweep id, ...),
-    less the joblib launcher's count of GPU shares, which is no business of a Ray task."""
+def user_env() -> dict[str, str]:
+    """The user's QUANTSWEEP_* variables here (QUANTSWEEP_CACHE, QUANTSWEEP_HELLASWAG, ...), which the job's
+    config reads through `${oc.env:}` when a worker resolves it, so a node started with another environment
+    sees what the sweep's command saw; less the joblib launcher's count of GPU shares, no business of a Ray
+    task."""
     return {
         key: value for key, value in os.environ.items() if key.startswith("QUANTSWEEP_") and key != ENV_GPUS
     }
@@ -130,12 +133,12 @@ def sweep_env() -> dict[str, str]:
 
 def _options(remote: dict[str, Any], gpus: int, num: int) -> dict[str, Any]:
     """The task's options: `remote`'s (num_cpus, memory, resources, scheduling_strategy, ...) over
-    quantsweep's defaults, its GPUs, and the sweep's context added to its runtime_env."""
+    quantsweep's defaults, its GPUs, and the user's variables added to its runtime_env."""
     options: dict[str, Any] = {"num_cpus": 1, "max_retries": 0, **remote}
     options["num_gpus"] = gpus
     options["name"] = f"quantsweep-point-{num}"
     runtime_env = dict(options.get("runtime_env") or {})
-    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **sweep_env()}
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **user_env()}
     options["runtime_env"] = runtime_env
     return options
 

@@ -14,18 +14,20 @@ from compressed_tensors.quantization import (
     QuantizationArgs,
     QuantizationScheme,
     QuantizationStrategy,
-    QuantizationType,
     preset_name_to_scheme,
 )
 from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
 
-from quantsweep import algorithms
-from quantsweep.config import IgnoreConfig, SchemeConfig
+from quantsweep import algorithms, kv_cache, sparsity
+from quantsweep.config import IgnoreConfig, SchemeConfig, SparsityConfig
 from quantsweep.errors import ConfigError
 
 KEEP = "bf16"
 # Presets that are not a quantization of an LLM's weights.
 _NOT_FOR_LLMS = {"UNQUANTIZED"}
+# `scheme=dense`: compressed-tensors' preset of no quantization, for a sparsity alone (`sparsity=2of4
+# scheme=dense`); validate.check_sparsity refuses it without one, and no layer override may name it.
+DENSE = "UNQUANTIZED"
 
 
 def preset_names() -> list[str]:
@@ -95,7 +97,7 @@ def _static(args: QuantizationArgs | None) -> bool:
 
 def needs_calibration(scheme: SchemeConfig) -> bool:
     """Data is needed for data-driven algorithms and for static activation or KV-cache scales."""
-    if algorithms.get(scheme.algorithm).needs_data or scheme.kv_cache_fp8:
+    if algorithms.get(scheme.algorithm).needs_data or kv_cache.kind(scheme) != kv_cache.NONE:
         return True
     presets = [scheme.preset, *(p for p in scheme.layer_overrides.values() if p != KEEP)]
     for preset in presets:
@@ -139,23 +141,21 @@ def config_groups(scheme: SchemeConfig) -> dict[str, QuantizationScheme]:
     }
 
 
-def _kv_cache_scheme(scheme: SchemeConfig) -> QuantizationArgs | None:
-    if not scheme.kv_cache_fp8:
-        return None
-    return QuantizationArgs(
-        num_bits=8,
-        type=QuantizationType.FLOAT,
-        strategy=QuantizationStrategy.TENSOR,
-        dynamic=False,
-        symmetric=True,
-    )
+def is_dense(scheme: SchemeConfig) -> bool:
+    """`scheme=dense`: the weights are not quantized."""
+    return scheme.preset.upper() == DENSE
 
 
-def build_recipe(scheme: SchemeConfig, ignore: list[str]) -> list[Any]:
-    """llm-compressor modifiers for the scheme, in the order oneshot applies them."""
+def build_recipe(scheme: SchemeConfig, ignore: list[str], sparse: SparsityConfig | None = None) -> list[Any]:
+    """llm-compressor modifiers in the order oneshot applies them: pruning first (`sparse`, llm-compressor's
+    2:4 examples' order, so the quantization scales see the pruned weights), then the scheme's (none for
+    scheme=dense)."""
+    pruning = sparsity.modifiers(sparse, ignore) if sparse is not None else []
+    if is_dense(scheme):
+        return pruning
     quant_kwargs: dict[str, Any] = {
         "config_groups": config_groups(scheme),
         "ignore": ignore,
-        "kv_cache_scheme": _kv_cache_scheme(scheme),
+        "kv_cache_scheme": kv_cache.quantization_args(scheme),
     }
-    return algorithms.get(scheme.algorithm).build(scheme, quant_kwargs)
+    return pruning + algorithms.get(scheme.algorithm).build(scheme, quant_kwargs)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from quantsweep import algorithms, recipes
-from quantsweep.config import EvalConfig, SchemeConfig
+from quantsweep import algorithms, kv_cache, recipes, sparsity
+from quantsweep.config import EvalConfig, SchemeConfig, SparsityConfig
 from quantsweep.errors import ConfigError
 from quantsweep.evaluation import checks
 from quantsweep.evaluation.harness import interpreter
@@ -18,7 +18,8 @@ from quantsweep.floor import check_floor
 
 
 def check_scheme(scheme: SchemeConfig) -> None:
-    recipes.check_preset(scheme.preset, "scheme.preset")
+    if not recipes.is_dense(scheme):  # scheme=dense: `check_sparsity` says when it may be used
+        recipes.check_preset(scheme.preset, "scheme.preset")
     for target, preset in scheme.layer_overrides.items():
         if preset != recipes.KEEP:
             recipes.check_preset(preset, f"scheme.layer_overrides[{target!r}]")
@@ -33,6 +34,52 @@ def check_scheme(scheme: SchemeConfig) -> None:
                 f"scheme.algorithm={algorithm.name} needs a CUDA GPU (llm-compressor runs it on CUDA only); "
                 "use scheme.algorithm=GPTQ or RTN here"
             )
+
+
+def check_sparsity(sparse: SparsityConfig, scheme: SchemeConfig) -> None:
+    """The sparsity settings and the scheme they compose with. Every compressed-tensors 0.19 format stores
+    the zeros as values, so any scheme carries them; the algorithm must keep them (not GPTQ), and
+    scheme=dense (nothing quantized) is only a sparsity's."""
+    if not sparsity.enabled(sparse):
+        if recipes.is_dense(scheme):
+            raise ConfigError(
+                "scheme=dense quantizes nothing and sparsity=none prunes nothing: that is the baseline; add "
+                "sparsity=2of4 (2:4 alone), or choose a quantization scheme"
+            )
+        return
+    if sparse.mask_structure != sparsity.MASK_2_4:
+        raise ConfigError(
+            f"sparsity.mask_structure={sparse.mask_structure!r} is not supported: 2:4 (2 of every 4 "
+            "consecutive weights zero, what NVIDIA's sparse tensor cores run) is the one; use sparsity=2of4"
+        )
+    n, m = sparsity.structure(sparse)
+    if not math.isclose(sparse.sparsity, n / m):
+        raise ConfigError(
+            f"sparsity.sparsity={sparse.sparsity} contradicts mask_structure {sparse.mask_structure}, which "
+            f"zeroes {n / m:g} of each layer; drop it (sparsity.sparsity={n / m:g})"
+        )
+    if sparse.algorithm.lower() != "sparsegpt":
+        raise ConfigError(f"sparsity.algorithm={sparse.algorithm!r} is unknown; use SparseGPT")
+    if sparse.block_size < m or sparse.block_size % m:
+        raise ConfigError(
+            f"sparsity.block_size={sparse.block_size} must be a positive multiple of {m}: SparseGPT chooses "
+            f"each group of {m} within a block of columns; use sparsity.block_size=128"
+        )
+    algorithm = algorithms.get(scheme.algorithm)
+    if recipes.is_dense(scheme):
+        extra = [f"scheme.algorithm={algorithm.name}"] if algorithm.name != "RTN" else []
+        extra += ["scheme.layer_overrides (layers=)"] if scheme.layer_overrides else []
+        extra += [f"scheme.kv_cache={scheme.kv_cache}"] if kv_cache.kind(scheme) != kv_cache.NONE else []
+        if extra:
+            raise ConfigError(
+                f"scheme=dense quantizes nothing, so {' and '.join(extra)} cannot apply; drop it, or choose "
+                f"a quantization scheme (e.g. scheme=W4A16 sparsity={sparse.name})"
+            )
+    elif not algorithm.keeps_zeros:
+        raise ConfigError(
+            f"scheme.algorithm={algorithm.name} with sparsity={sparse.name}: GPTQ's error compensation fills "
+            "in the weights SparseGPT zeroed, so the 2:4 pattern would not survive; use scheme.algorithm=RTN"
+        )
 
 
 def check_eval(cfg: EvalConfig) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantsweep import kv_cache
 from quantsweep.config import EvalConfig
 from quantsweep.devices import accelerator, peak_memory
 from quantsweep.errors import ConfigError
@@ -55,6 +56,9 @@ class EvalResult:
     items: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
     # Each task of eval.tasks on the metric it is judged on, in order.
     suite: list[TaskScore] = field(default_factory=list)
+    # For a checkpoint that declares a quantized KV cache: whether scoring quantized it (kv_cache.SCORED,
+    # CHECKPOINT_ONLY or UNVERIFIED); None for one that does not.
+    kv_cache_applied: str | None = None
 
 
 def _limit(cfg: EvalConfig) -> int | float | None:
@@ -107,12 +111,14 @@ def evaluate(
     include = include_dir(cfg, cache_dir)
     python = interpreter(cfg)
     seconds_load: float | None
+    # vLLM is told to store the KV cache in FP8; lm-eval's HF model in another environment is not seen.
+    applied = kv_cache.SCORED if cfg.backend == "vllm" else kv_cache.UNVERIFIED
     if python:
         folder = cli_include(cfg, include, cache_dir)
         raw, samples, seconds_eval = _evaluate_subprocess(python, checkpoint, cfg, folder, seed, gpus)
         seconds_load, peak, tokens = None, None, None
     else:
-        raw, samples, seconds_load, seconds_eval, peak, tokens = _evaluate_in_process(
+        raw, samples, seconds_load, seconds_eval, peak, tokens, applied = _evaluate_in_process(
             checkpoint, cfg, include, seed, compressed, gpus
         )
     metrics = clean_metrics(raw)
@@ -120,14 +126,17 @@ def evaluate(
     add_item_stderrs(metrics, items)
     suite = task_scores(cfg, raw, metrics, primary_task(cfg))
     first = next(score for score in suite if score.task == primary_task(cfg))
-    return EvalResult(
+    result = EvalResult(
         metrics, first.value, first.stderr, seconds_load, seconds_eval, peak, raw, tokens, items, suite
     )
+    if compressed and kv_cache.declared(checkpoint) is not None:
+        result.kv_cache_applied = applied
+    return result
 
 
 def _evaluate_in_process(
     checkpoint: str, cfg: EvalConfig, include: Path | None, seed: int, compressed: bool, gpus: int
-) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], float, float, int | None, int]:
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], float, float, int | None, int, str]:
     import lm_eval
     import torch
     from lm_eval.models.huggingface import HFLM
@@ -154,6 +163,7 @@ def _evaluate_in_process(
             first = model.device
             model.register_forward_hook(lambda _module, _args, out: _logits_to(out, first))
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        applied = kv_cache.applied_in(model)
         lm = HFLM(
             pretrained=model,
             tokenizer=tokenizer,
@@ -184,7 +194,8 @@ def _evaluate_in_process(
         done = time.perf_counter()
         hook.remove()
     del lm, model
-    return _jsonable(raw), raw.get("samples", {}), loaded - start, done - loaded, peak.bytes, tokens[0]
+    samples = raw.get("samples", {})
+    return _jsonable(raw), samples, loaded - start, done - loaded, peak.bytes, tokens[0], applied
 
 
 def _logits_to(out: Any, device: Any) -> Any:
@@ -213,8 +224,10 @@ def _parallel_args(backend: str, gpus: int) -> str:
 def _model_args(checkpoint: str, cfg: EvalConfig, seed: int) -> str:
     """lm-eval's --model_args: vLLM's LLM(...) keywords pass through lm-eval's vLLM wrapper."""
     if cfg.backend == "vllm":
-        # A fixed dtype (the fingerprint's) and seed; vLLM sizes its KV cache itself (env on CPU).
-        return f"pretrained={checkpoint},dtype={eval_dtype(cfg)},seed={seed}"
+        # A fixed dtype (the fingerprint's) and seed; vLLM sizes its KV cache itself (env on CPU), in FP8
+        # when the checkpoint carries KV-cache scales.
+        fp8 = ",kv_cache_dtype=fp8" if kv_cache.declared(checkpoint) else ""
+        return f"pretrained={checkpoint},dtype={eval_dtype(cfg)},seed={seed}{fp8}"
     return f"pretrained={checkpoint}" + (f",dtype={cfg.dtype}" if cfg.dtype != "auto" else "")
 
 

@@ -1,8 +1,9 @@
 """`python -m quantsweep leaderboard [key=value ...]`: rank what an MLflow store holds, write the files.
 
-Keys: tracking_uri, experiment, sweep, model, tag.<key>, out, formats, gpu_mem_gb, floor, include_failed,
-log (true: attach the files to the sweep's parent run; needs sweep=). Prints the Markdown table and the
-paths written; bad input is one line on stderr and exit code 2, no traceback.
+Keys: tracking_uri, experiment, sweep, model, tag.<key>, out, formats, gpu_mem_gb, context and
+concurrency (the KV cache's columns: each model's own context, 1 sequence by default), floor,
+include_failed, log (true: attach the files to the sweep's parent run; needs sweep=). Prints the
+Markdown table and the paths written; bad input is one line on stderr and exit code 2, no traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from quantsweep import keyvalue
 from quantsweep.config import TrackingConfig
 from quantsweep.errors import ConfigError, fail
-from quantsweep.results import collect, export, log_to_run, rank, render, sweep_run
+from quantsweep.results import collect, export, kv, log_to_run, rank, render, sweep_run
 
 _DEFAULTS: dict[str, Any] = {
     "tracking_uri": TrackingConfig().uri,
@@ -23,6 +24,8 @@ _DEFAULTS: dict[str, Any] = {
     "out": "leaderboards",
     "formats": render.FORMATS,
     "gpu_mem_gb": 80.0,
+    "context": None,
+    "concurrency": 1,
     "floor": None,
     "include_failed": False,
     "log": False,
@@ -52,6 +55,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "out": str,
     "formats": _formats,
     "gpu_mem_gb": float,
+    "context": int,
+    "concurrency": int,
     "floor": float,
     "include_failed": _bool,
     "log": _bool,
@@ -61,6 +66,8 @@ _EXPECTED = {
     "include_failed": "true or false",
     "log": "true or false",
     "gpu_mem_gb": "a number of GB",
+    "context": "a number of tokens",
+    "concurrency": "a number of sequences",
     "floor": "a number in [0, 1]",
 }
 
@@ -89,6 +96,7 @@ def main(argv: list[str]) -> int:
             include_failed=args["include_failed"],
             gpu_mem_gb=args["gpu_mem_gb"],
         )
+        df = kv.with_kv(df, args["context"], args["concurrency"])
         written = export(df, args["out"], args["formats"], args["gpu_mem_gb"], args["floor"])
         logged = None
         if args["log"]:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from quantsweep import tracking
 from quantsweep.evaluation.deploy import ERROR_TAG
-from quantsweep.results import rank
+from quantsweep.results import kv, rank
 from quantsweep.suite import TASK_METRICS, WORST_TASK
 from quantsweep.tables import missing
 
@@ -180,6 +180,7 @@ def _row(run: dict[str, Any]) -> dict[str, Any]:
         "status": run["status"],
         "run_id": run["run_id"],
         "sweep_id": _value(run, f"tags.{tracking.SWEEP_ID}"),
+        **kv.cells(run, baseline),
     }
     if baseline:
         return (
@@ -202,6 +203,9 @@ def _row(run: dict[str, Any]) -> dict[str, Any]:
     label = f"{param('scheme.name')} {param('scheme.algorithm')}" + (
         f" g{group}" if group_size == group else ""
     )
+    sparse = param("sparsity.name")  # a pruned point: `W4A16 RTN g64 2of4`
+    label += f" {sparse}" if sparse not in (None, "none") else ""
+    label += kv.label(row["kv_cache"])  # an FP8 KV cache: `W8A8 RTN kvfp8`
     passed = metric("passed")
     stderr = metric("recovery_stderr")
     # Runs logged before the tag existed propagated both stderrs independently: the only method then.
@@ -294,7 +298,7 @@ def collect(
     rows = [_row(run) for run in runs.to_dict("records")]
     tasks = dict.fromkeys(t for row in rows for t in row["suite"].split(", ") if t)
     per_task = [f"{prefix}{task}" for task in tasks for prefix in TASK_COLUMNS]
-    df = pd.DataFrame(rows).reindex(columns=[*COLUMNS, *SUITE_COLUMNS, *per_task])
+    df = pd.DataFrame(rows).reindex(columns=[*COLUMNS, *kv.COLUMNS, *SUITE_COLUMNS, *per_task])
     df["passed"] = df["passed"].astype("boolean")
     return rank.ranked(df, gpu_mem_gb)
 

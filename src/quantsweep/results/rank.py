@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from quantsweep.floor import TASK_RECOVERY, TASK_RECOVERY_STDERR, judge, z_value
+from quantsweep.results import kv
 from quantsweep.results.pareto import pareto_mask
 from quantsweep.sizing import formulas
 from quantsweep.tables import GIB
@@ -69,14 +70,16 @@ def ties(df: pd.DataFrame) -> pd.Series:
 
 
 def with_gpus(df: pd.DataFrame, gpu_mem_gb: float) -> pd.DataFrame:
-    """GPUs of `gpu_mem_gb` decimal GB needed for each row's estimated weights vRAM (see GPU_RULE)."""
+    """GPUs of `gpu_mem_gb` decimal GB needed for each row's estimated weights vRAM (see GPU_RULE), and
+    for it plus the KV cache (`kv.with_gpus_total`)."""
     if gpu_mem_gb <= 0:
         raise ValueError(f"gpu_mem_gb must be positive (e.g. 80 for an H100), got {gpu_mem_gb}")
     gpus = [
         pd.NA if math.isnan(gib) else formulas.gpus_needed_total(gib * GIB, gpu_mem_gb)
         for gib in df["weights_vram_gib"]
     ]
-    return df.assign(gpu_mem_gb=float(gpu_mem_gb), gpus_needed=pd.array(gpus, dtype="Int64"))
+    df = df.assign(gpu_mem_gb=float(gpu_mem_gb), gpus_needed=pd.array(gpus, dtype="Int64"))
+    return kv.with_gpus_total(df, gpu_mem_gb)
 
 
 def _judged(row: pd.Series, floor_on: str) -> float:
@@ -120,7 +123,7 @@ def ranked(df: pd.DataFrame, gpu_mem_gb: float) -> pd.DataFrame:
     df = df.sort_values(["model", "disk_gib", "accuracy"], ascending=[True, True, False], ignore_index=True)
     df["pareto"] = pareto_flags(df)
     df["tied_with"] = ties(df)
-    return with_gpus(df, gpu_mem_gb)
+    return with_gpus(kv.with_kv(df), gpu_mem_gb)
 
 
 def adjusted(df: pd.DataFrame, gpu_mem_gb: float, floor: float | None = None) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from quantsweep import tables, tracking
+from quantsweep.results import kv
 from quantsweep.results.rank import GPU_RULE, PARETO_RULE, TIE_RULE, adjusted, comparable, suite_tasks
 
 FORMATS = ("csv", "md", "html", "json")
@@ -113,6 +114,9 @@ def _table(df: pd.DataFrame) -> tuple[list[tuple[str, bool]], list[list[str]]]:
         ("bits/w", False, lambda r: _num(r["bits_per_weight"], 2)),
         ("vRAM GiB", False, lambda r: _gib(r["weights_vram_gib"])),
         (f"GPUs @{df['gpu_mem_gb'].iloc[0]:g} GB", False, lambda r: _num(r["gpus_needed"], 0)),
+        ("KV", True, kv.cell),
+        ("KV GiB", False, lambda r: _gib(r["kv_cache_gib"])),
+        ("GPUs +KV", False, lambda r: _num(r["gpus_needed_total"], 0)),
         (f"{metric} ± se", False, lambda r: tables.pm(r["accuracy"], r["accuracy_stderr"], 3)),
         ("recovery", False, lambda r: tables.pm(r["recovery_pct"], r["recovery_pct_stderr"], 1, unit="%")),
         *_suite_columns(df),
@@ -163,7 +167,7 @@ SUITE_RULE = (
 def _notes(df: pd.DataFrame) -> list[str]:
     gpus = f"{GPU_RULE} ({df['gpu_mem_gb'].iloc[0]:g} GB per GPU)"
     suite = [SUITE_RULE] if suite_tasks(df) else []
-    return [TIE_RULE, PARETO_RULE, recovery_note(df), *suite, gpus]
+    return [TIE_RULE, PARETO_RULE, recovery_note(df), *suite, gpus, kv.context_note(df)]
 
 
 def to_markdown(df: pd.DataFrame) -> str:

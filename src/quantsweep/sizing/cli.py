@@ -5,6 +5,10 @@ user can see what a model needs before downloading its weights. `model=` is, in 
 a `conf/model/` name whose YAML has an `architecture:` block, a local directory with
 `config.json`, or a Hugging Face hub id (only its config.json is fetched). `run=<MLflow run id>` (with
 `tracking_uri=`) adds the KV capacity vLLM measured for that point's checkpoint beside the estimate.
+Without `kv_dtype=`, the KV cache is FP8 when the checkpoint directory's config or the run's
+`scheme.kv_cache` says so (vLLM serves such a checkpoint with an FP8 KV cache), else bf16.
+Then the GPU memory to quantize it (RTN, GPTQ; model on the GPU or onloaded a layer at a time under
+`quantize.max_gpu_memory_gib`) for `calib_samples=` x `calib_seq_len=` tokens (sizing/quantize_memory.py).
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from quantsweep import keyvalue
-from quantsweep.config import TrackingConfig
+from quantsweep import keyvalue, kv_cache
+from quantsweep.config import CalibrationConfig, TrackingConfig
 from quantsweep.errors import ConfigError, fail
-from quantsweep.sizing import measured
+from quantsweep.sizing import measured, quantize_memory
 from quantsweep.sizing.formulas import ModelShape, format_table, size_table
 from quantsweep.tables import GIB
 
@@ -36,16 +40,20 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "params": float,
     "run": str,
     "tracking_uri": str,
+    "calib_samples": int,
+    "calib_seq_len": int,
 }
 _DEFAULTS: dict[str, Any] = {
     "model": None,
     "context": None,
     "concurrency": 1,
     "gpu_mem_gb": 80.0,
-    "kv_dtype": "bf16",
+    "kv_dtype": None,
     "params": None,
     "run": None,
     "tracking_uri": TrackingConfig().uri,
+    "calib_samples": CalibrationConfig.num_samples,
+    "calib_seq_len": CalibrationConfig.max_seq_length,
 }
 
 
@@ -59,6 +67,8 @@ class _Model:
     params_source: str
     # Total bytes of the directory's *.safetensors files, for the measured "checkpoint" row.
     checkpoint_bytes: int | None = None
+    # The KV cache's dtype the checkpoint declares (its kv_cache_scheme), None when it declares none.
+    kv_dtype: str | None = None
 
 
 def _parse(argv: list[str]) -> dict[str, Any]:
@@ -102,10 +112,11 @@ def _from_dir(path: Path, params: float | None) -> _Model:
     config = json.loads(config_path.read_text())
     has_weights = any(path.glob("*.safetensors"))
     checkpoint_bytes = measured.disk_bytes(path) if has_weights else None
+    kv_dtype = "fp8" if kv_cache.declared(path) else None
     if params is None and has_weights and "quantization_config" not in config:
         params = measured.num_parameters(path)
-        return _Model(str(path), config, params, "safetensors headers", checkpoint_bytes)
-    return _Model(str(path), config, params, _params_source(params), checkpoint_bytes)
+        return _Model(str(path), config, params, "safetensors headers", checkpoint_bytes, kv_dtype)
+    return _Model(str(path), config, params, _params_source(params), checkpoint_bytes, kv_dtype)
 
 
 def _from_hub(model_id: str, params: float | None) -> _Model:
@@ -154,32 +165,52 @@ def _report(args: dict[str, Any]) -> str:
     extra = None
     if model.checkpoint_bytes is not None:
         extra = {"checkpoint": model.checkpoint_bytes / shape.num_parameters}
-    rows = size_table(shape, context, args["concurrency"], args["gpu_mem_gb"], args["kv_dtype"], extra)
+    run = _run(args["run"], args["tracking_uri"]) if args["run"] else None
+    kv_dtype, kv_source = _kv_dtype(args["kv_dtype"], model, run)
+    rows = size_table(shape, context, args["concurrency"], args["gpu_mem_gb"], kv_dtype, extra)
     header = [
         f"Sizing {model.label} (model={args['model']})",
         f"parameters {shape.num_parameters:,.0f} ({model.params_source}); {shape.num_layers} "
         f"layers, {shape.num_kv_heads} KV heads, head_dim {shape.head_dim}",
         f"context {context:,} tokens x concurrency {args['concurrency']}, "
-        f"KV cache {args['kv_dtype']}, GPU {args['gpu_mem_gb']:g} GB",
+        f"KV cache {kv_dtype}{kv_source}, GPU {args['gpu_mem_gb']:g} GB",
     ]
     if extra:
         header.append(f"'checkpoint' row: {model.checkpoint_bytes:,} bytes of *.safetensors / parameters")
     text = "\n".join(header) + "\n\n" + format_table(rows)
-    if args["run"]:
-        text += "\n" + _measured_by_vllm(args["run"], args["tracking_uri"], context * args["concurrency"])
+    text += "\n\n" + quantize_memory.section(model.config, args["calib_samples"], args["calib_seq_len"])
+    if run is not None:
+        text += "\n" + _measured_by_vllm(run, context * args["concurrency"])
     return text
 
 
-def _measured_by_vllm(run_id: str, tracking_uri: str, tokens_needed: int) -> str:
-    """vLLM's own KV capacity for a point's checkpoint (its deployability check) beside this estimate."""
+def _run(run_id: str, tracking_uri: str) -> Any:
     import mlflow
     from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        metrics = mlflow.get_run(run_id).data.metrics
+        return mlflow.get_run(run_id)
     except MlflowException as exc:
         raise ValueError(f"run={run_id}: no such run in {tracking_uri}") from exc
+
+
+def _kv_dtype(given: str | None, model: _Model, run: Any) -> tuple[str, str]:
+    """The KV cache's dtype and, when not given, where it comes from: the checkpoint's kv_cache_scheme,
+    else the run's scheme.kv_cache (runs logged before it: scheme.kv_cache_fp8), else bf16."""
+    if given is not None:
+        return given, ""
+    if model.kv_dtype is not None:
+        return model.kv_dtype, " (the checkpoint's kv_cache_scheme)"
+    setting = kv_cache.logged(run.data.params) if run is not None else kv_cache.NONE
+    if setting != kv_cache.NONE:
+        return kv_cache.dtype(setting), f" (run {run.info.run_id}: scheme.kv_cache={setting})"
+    return "bf16", ""
+
+
+def _measured_by_vllm(run: Any, tokens_needed: int) -> str:
+    """vLLM's own KV capacity for a point's checkpoint (its deployability check) beside this estimate."""
+    run_id, metrics = run.info.run_id, run.data.metrics
     if "vllm_kv_cache_tokens" not in metrics:
         return f"run {run_id}: no vLLM deployability check logged (it runs where `make vllm-env` was built)"
     tokens, per_token = metrics["vllm_kv_cache_tokens"], metrics.get("kv_cache_bytes_per_token")

@@ -3,8 +3,9 @@
 The search orders its candidates by this number, so it can try the smallest first without quantizing any;
 each point run logs it next to the measured `disk_bytes`. It counts what compressed-tensors writes per
 quantized Linear: the weights at their bit width, one scale per tensor, channel, group or block, zero points
-for asymmetric schemes (packed like the weights in the pack-quantized format), FP4's global scale; and every
-other parameter (embeddings, norms, ignored layers) at the checkpoint's dtype, tied weights once.
+for asymmetric schemes (packed like the weights in the pack-quantized format), FP4's global scale; with an
+FP8 KV cache, each attention's k_scale and v_scale (one, or one per KV head); and every other parameter
+(embeddings, norms, ignored layers) at the checkpoint's dtype, tied weights once.
 """
 
 from __future__ import annotations
@@ -94,12 +95,29 @@ def linear_bytes(name: str, scheme: QuantizationScheme, rows: int, columns: int,
     return total + sum(len(f"{name}.{t}") + HEADER_BYTES_PER_TENSOR for t in tensors)
 
 
-def disk_bytes(model: Any, layers: dict[str, tuple[Any, Any]]) -> int:
+def kv_scale_bytes(model: Any, strategy: str | None, dtype: torch.dtype) -> float:
+    """The KV cache's scales a checkpoint stores for the KV scales' `strategy` (`kv_cache.KINDS`: tensor,
+    attn_head, None): k_scale and v_scale of every attention compressed-tensors quantizes the cache of."""
+    if strategy is None:
+        return 0.0
+    from compressed_tensors.quantization.lifecycle.initialize import is_cached_attention_module
+    from compressed_tensors.utils.helpers import get_num_kv_heads
+
+    scales = get_num_kv_heads(model.config) if strategy == QuantizationStrategy.ATTN_HEAD else 1
+    attention = [name for name, module in model.named_modules() if is_cached_attention_module(module)]
+    return sum(
+        scales * dtype.itemsize + len(f"{name}.{kv}_scale") + HEADER_BYTES_PER_TENSOR
+        for name in attention
+        for kv in "kv"
+    )
+
+
+def disk_bytes(model: Any, layers: dict[str, tuple[Any, Any]], kv_strategy: str | None = None) -> int:
     """Predicted bytes of the checkpoint's safetensors files for `model` (built on the meta device), its
-    quantized `layers` as `quantized_layers` finds them."""
+    quantized `layers` as `quantized_layers` finds them, its KV cache's scales by `kv_strategy`."""
     dtype = checkpoint_dtype(model.config)
     quantized = {f"{name}.weight" for name in layers}
-    total = 0.0
+    total = kv_scale_bytes(model, kv_strategy, dtype)
     for name, module_and_args in layers.items():
         module, group = module_and_args
         rows, columns = module.weight.shape

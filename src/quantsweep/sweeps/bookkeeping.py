@@ -1,46 +1,44 @@
 """A sweep's bookkeeping: its MLflow parent run, what its jobs need to know, progress lines, the summary.
 
-The sweeper (main process) opens the parent run and hands its id, the sweep id and the grid size to the
-jobs through the environment, which the launcher's workers inherit; each job reports one `Outcome`.
+The sweeper (main process) opens the parent run and hands its id, the sweep id, the grid size and the start
+time to each job as overrides of the job's `sweep_run` node (config.SweepRunConfig), so they travel with
+the job's config through any launcher; each job reports one `Outcome`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 
 from quantsweep import tracking
-from quantsweep.config import TrackingConfig
+from quantsweep.config import Config, TrackingConfig
 from quantsweep.outcome import Outcome
 from quantsweep.sweeps import summary
 from quantsweep.tables import duration
 
-ENV_PARENT = "QUANTSWEEP_PARENT_RUN_ID"
-ENV_SWEEP = "QUANTSWEEP_SWEEP_ID"
-ENV_TOTAL = "QUANTSWEEP_SWEEP_TOTAL"
-ENV_START = "QUANTSWEEP_SWEEP_START"
 
-
-@dataclass
+@dataclass(frozen=True)
 class Context:
-    """The sweep a job belongs to, read from the environment; empty for a single run."""
+    """The sweep a job belongs to, from the job's `sweep_run` node; empty for a single run."""
 
-    parent: str | None
-    sweep_id: str | None
-    total: int | None
-    start: float | None
+    parent: str | None = None
+    sweep_id: str | None = None
+    total: int | None = None
+    start: float | None = None
 
     @classmethod
-    def current(cls) -> Context:
-        total, start = os.environ.get(ENV_TOTAL), os.environ.get(ENV_START)
-        return cls(
-            os.environ.get(ENV_PARENT),
-            os.environ.get(ENV_SWEEP),
-            int(total) if total else None,
-            float(start) if start else None,
-        )
+    def of(cls, cfg: Config) -> Context:
+        node = cfg.sweep_run
+        return cls(node.parent, node.sweep_id, node.total, node.start)
+
+    def overrides(self) -> list[str]:
+        """The job overrides that hand this context to a job; ids quoted so Hydra keeps them strings."""
+        return [
+            f"sweep_run.{k}='{v}'" if isinstance(v, str) else f"sweep_run.{k}={v}"
+            for k, v in asdict(self).items()
+            if v is not None
+        ]
 
     def progress(self, index: int, name: str, status: str | None = None, seconds: float | None = None) -> str:
         """`[3/8] start ...` or `[3/8] FINISHED ... in 41s; elapsed 2m03s, ETA 4m06s`."""
@@ -55,8 +53,11 @@ class Context:
         return line
 
 
-def open_parent(tracking_cfg: TrackingConfig, jobs: list[list[str]], name: str) -> tuple[str, str]:
-    """Create the sweep's parent run, or reopen the one a previous attempt of the same grid left."""
+def open_parent(
+    tracking_cfg: TrackingConfig, jobs: list[list[str]], name: str, total: int | None = None
+) -> Context:
+    """Create the sweep's parent run, or reopen the one a previous attempt of the same grid left; the sweep
+    id is the user's `jobs`' alone, so a rerun finds it. Returns the context its jobs are given."""
     from mlflow import MlflowClient
 
     experiment_id = tracking.setup(tracking_cfg)
@@ -74,15 +75,7 @@ def open_parent(tracking_cfg: TrackingConfig, jobs: list[list[str]], name: str) 
         tags = {tracking.ROLE: "sweep", tracking.SWEEP_ID: sweep_id, "mlflow.runName": name}
         run_id = client.create_run(experiment_id, tags=tags).info.run_id
         client.log_text(run_id, "\n".join(" ".join(job) for job in jobs) + "\n", "grid.txt")
-    os.environ.update(
-        {ENV_PARENT: run_id, ENV_SWEEP: sweep_id, ENV_TOTAL: str(len(jobs)), ENV_START: str(time.time())}
-    )
-    return run_id, sweep_id
-
-
-def _clear_env() -> None:
-    for key in (ENV_PARENT, ENV_SWEEP, ENV_TOTAL, ENV_START):
-        os.environ.pop(key, None)
+    return Context(run_id, sweep_id, total, time.time())
 
 
 def kill_parent(run_id: str) -> None:
@@ -90,7 +83,6 @@ def kill_parent(run_id: str) -> None:
     from mlflow import MlflowClient
 
     MlflowClient().set_terminated(run_id, "KILLED")
-    _clear_env()
 
 
 def log_leaderboard(run_id: str, tracking_cfg: TrackingConfig, sweep_id: str) -> None:
@@ -128,5 +120,4 @@ def close_parent(run_id: str, outcomes: list[Outcome]) -> str:
     points = [{k: v for k, v in asdict(o).items() if k != "params"} for o in outcomes]
     client.log_text(run_id, json.dumps(points, indent=2, default=str), "points.json")
     client.set_terminated(run_id, "FINISHED")
-    _clear_env()
     return table

@@ -36,23 +36,26 @@ class QuantsweepGridSweeper(BasicSweeper):
         assert self.config is not None and self.launcher is not None
         try:
             jobs = self.grid(arguments)
-            parent, sweep_id = bookkeeping.open_parent(
-                self.config.tracking, jobs, f"sweep/{self.config.hydra.job.name}/{len(jobs)} points"
-            )
+            name = f"sweep/{self.config.hydra.job.name}/{len(jobs)} points"
+            ctx = bookkeeping.open_parent(self.config.tracking, jobs, name, total=len(jobs))
         except ConfigError as exc:  # a bad value, or a tracking store that cannot be opened
             fail(str(exc))
-        print(f"quantsweep: sweep {sweep_id}: {len(jobs)} points, MLflow parent run {parent}", flush=True)
+        assert ctx.parent is not None and ctx.sweep_id is not None
+        print(
+            f"quantsweep: sweep {ctx.sweep_id}: {len(jobs)} points, MLflow parent run {ctx.parent}",
+            flush=True,
+        )
         hydra_jobs.share_gpus(self.config)
         interrupt_on_sigterm()
         try:
-            results = list(self.launcher.launch(jobs, initial_job_idx=0))
+            results = hydra_jobs.launch(self.launcher, jobs, ctx)
         except KeyboardInterrupt:
-            bookkeeping.kill_parent(parent)
+            bookkeeping.kill_parent(ctx.parent)
             raise
         reports = [hydra_jobs.point_report(job, result) for job, result in zip(jobs, results, strict=True)]
         if any(r.status == "FINISHED" for r in reports):
-            bookkeeping.log_leaderboard(parent, self.config.tracking, sweep_id)
-        print(bookkeeping.close_parent(parent, reports), flush=True)
+            bookkeeping.log_leaderboard(ctx.parent, self.config.tracking, ctx.sweep_id)
+        print(bookkeeping.close_parent(ctx.parent, reports), flush=True)
         failed = [r for r in reports if r.status != "FINISHED"]
         if failed:
             print(f"quantsweep: {len(failed)} of {len(reports)} points failed:", file=sys.stderr)

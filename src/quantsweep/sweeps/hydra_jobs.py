@@ -1,5 +1,6 @@
 """What both sweepers do around Hydra's launcher: word a composition error in one line, give each worker a
-GPU, and turn a launched job's return into the sweep's `Outcome`."""
+GPU, launch jobs with the sweep's context in their overrides, and turn a launched job's return into the
+sweep's `Outcome`."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import os
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
+from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf
 
 from quantsweep.devices import ENV_GPUS
 from quantsweep.errors import ConfigError
 from quantsweep.outcome import Outcome
+from quantsweep.sweeps.bookkeeping import Context
 
 
 def compose_error(exc: HydraException) -> ConfigError:
@@ -26,6 +29,12 @@ def share_gpus(config: DictConfig) -> int:
     if n_jobs > 1:
         os.environ[ENV_GPUS] = str(n_jobs)
     return n_jobs
+
+
+def launch(launcher: Launcher, jobs: list[list[str]], ctx: Context, first: int = 0) -> list[JobReturn]:
+    """The user's jobs, each told its sweep by `sweep_run.*` overrides appended to its own (the sweep id
+    was computed from the user's alone), so the context reaches every launcher's workers with the job."""
+    return list(launcher.launch([[*job, *ctx.overrides()] for job in jobs], initial_job_idx=first))
 
 
 def point_report(job: list[str], result: JobReturn) -> Outcome:

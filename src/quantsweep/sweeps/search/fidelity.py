@@ -41,7 +41,7 @@ def judge_low(study: optuna.Study, plan: Plan, t: InFlight, report: Outcome) -> 
     b = decisions.bound(report.metrics, s.floor_on, plan.z, plan.z_prune)
     if b is None:  # recovery undefined on these few items: judge it on the full evaluation
         return True
-    size = plan.objective.measured(report.metrics, s.gpu_mem_gb)
+    size = plan.objective.measured(report.metrics, s)
     t.record.measured("low", report.metrics, b, size)
     verdict = low_fidelity_verdict(t.handle, b, plan.low_limit or 0, size, best_size(study))
     if verdict is None:
@@ -75,7 +75,7 @@ def judge_full(study: optuna.Study, plan: Plan, t: InFlight, report: Outcome) ->
         failed = Outcome(report.name, "FAILED", run_id=report.run_id, error=error)
         tell_failed(study, t, failed)
         return
-    size = plan.objective.measured(report.metrics, s.gpu_mem_gb)
+    size = plan.objective.measured(report.metrics, s)
     t.record.measured("full", report.metrics, b, size)
     feasible = b.lower >= s.floor
     t.record.verdict = decisions.FEASIBLE if feasible else decisions.INFEASIBLE

@@ -20,7 +20,7 @@ from quantsweep.config import SearchConfig
 from quantsweep.errors import ConfigError
 from quantsweep.floor import check_floor
 from quantsweep.sweeps.search import decisions
-from quantsweep.sweeps.search.objectives import OBJECTIVES, Objective
+from quantsweep.sweeps.search.objectives import OBJECTIVES, Objective, Sizes, context
 from quantsweep.sweeps.search.samplers import SAMPLERS
 from quantsweep.sweeps.search.space import Key, Space, describe, key, parse_space
 
@@ -42,6 +42,10 @@ def check_settings(cfg: SearchConfig) -> None:
         raise ConfigError(f"search.objective={cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
     if cfg.gpu_mem_gb <= 0:
         raise ConfigError(f"search.gpu_mem_gb={cfg.gpu_mem_gb} must be positive, e.g. 80 for an H100")
+    if cfg.context is not None and cfg.context < 1:
+        raise ConfigError(f"search.context={cfg.context} must be a number of tokens >= 1, or null")
+    if cfg.concurrency < 1:
+        raise ConfigError(f"search.concurrency={cfg.concurrency} must be a number of sequences >= 1")
     if cfg.low_fidelity_limit is not None and cfg.low_fidelity_limit < 1:
         raise ConfigError(
             f"search.low_fidelity_limit={cfg.low_fidelity_limit} must be a number of items >= 1, or null"
@@ -116,16 +120,19 @@ def make_plan(settings: SearchConfig, overrides: list[Override], compose: Compos
     low = settings.low_fidelity_limit
     if low is not None and full is not None and full >= 1 and low >= full:
         low = None
+    uses = OBJECTIVES[settings.objective].uses
     identity = {
         "floor": settings.floor,
         "floor_on": settings.floor_on,
         "confidence": settings.confidence,
         "objective": settings.objective,
-        "gpu_mem_gb": settings.gpu_mem_gb if OBJECTIVES[settings.objective].per_gpu else None,
+        "gpu_mem_gb": settings.gpu_mem_gb if "gpu_mem_gb" in uses else None,
         "low_fidelity_limit": low,
         "prune_confidence": settings.prune_confidence if low is not None else None,
         "evaluation": point.baseline_fingerprint(base),  # type: ignore[arg-type]
     }
+    # The deployment's context and concurrency only where the objective reads them: other studies keep theirs.
+    identity |= {name: getattr(settings, name) for name in uses if name != "gpu_mem_gb"}
     plan = Plan(
         settings,
         space,
@@ -138,28 +145,53 @@ def make_plan(settings: SearchConfig, overrides: list[Override], compose: Compos
     )
     if SAMPLERS[settings.sampler].by_predicted_size:
         _predict(plan, base, compose)
+    elif "context" in plan.objective.uses:
+        _check_context(settings, base)
     return plan
+
+
+def _model_config(base: DictConfig) -> Any:
+    """The model's config, from its checkpoint (no weights)."""
+    from quantsweep import models, validate
+
+    source = models.resolve(base.model, base.cache_dir)
+    return validate.meta_model(source, base.model.trust_remote_code)
+
+
+def _check_context(s: SearchConfig, base: DictConfig) -> None:
+    """A deployment objective needs a context: search.context or the model's (ConfigError before work)."""
+    if s.context is None:
+        try:
+            context(s, getattr(_model_config(base).config, "max_position_embeddings", None))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _predict(plan: Plan, base: DictConfig, compose: Compose) -> None:
     """Predict every configuration's objective from the model's config (meta device, no weights) and
     order them smallest first; those the model cannot be built with (a group size that does not divide
     its layers) are left out, and said so."""
-    from quantsweep import models, point, validate
+    from quantsweep import kv_cache, point
 
     s = plan.search
-    source = models.resolve(base.model, base.cache_dir)
-    meta = validate.meta_model(source, base.model.trust_remote_code)
+    meta = _model_config(base)
+    config = meta.config.to_dict()
+    max_context = meta.config.get_text_config().max_position_embeddings
     sizes: dict[Key, tuple[float, int]] = {}
     left_out = []
     for params in plan.configurations:
         cfg = compose([*plan.space.fixed, *(f"{k}={v}" for k, v in params.items())])
+        scheme = OmegaConf.to_object(cfg.scheme)
         try:
-            _, size = point.fit(meta, OmegaConf.to_object(cfg.scheme), cfg.ignore)  # type: ignore[arg-type]
+            _, size = point.fit(meta, scheme, cfg.ignore)  # type: ignore[arg-type]
+            kv = kv_cache.bytes_per_token(config, kv_cache.kind(scheme))  # type: ignore[arg-type]
+            value = plan.objective.value(Sizes.predicted(size, kv, max_context), s)
         except ConfigError as exc:
             left_out.append(f"{describe(params)} ({exc})")
             continue
-        sizes[key(params)] = (plan.objective.predicted(size, s.gpu_mem_gb), size)
+        except ValueError as exc:  # the objective's: no context to size the KV cache for
+            raise ConfigError(str(exc)) from None
+        sizes[key(params)] = (value, size)
     plan.order = sorted((c for c in plan.configurations if key(c) in sizes), key=lambda c: sizes[key(c)])
     plan.predicted = {k: v[0] for k, v in sizes.items()}
     if plan.order:

@@ -11,7 +11,6 @@ already FINISHED in MLflow are reused by the pipeline's fingerprints, so nothing
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import optuna
@@ -46,6 +45,8 @@ class QuantsweepOptunaSweeper(Sweeper):
         self.launcher: Any = None
         self.job_idx = 0
         self.reports: list[Outcome] = []
+        # The sweep every launched job is told it belongs to (its overrides), once the parent run is open.
+        self.ctx = bookkeeping.Context()
         # Trials numbered from here on belong to this session (a failure is retried only in a later one).
         self.first_trial = 0
 
@@ -83,13 +84,14 @@ class QuantsweepOptunaSweeper(Sweeper):
         except ConfigError as exc:
             fail(str(exc))
         s = plan.search
-        parent, sweep_id = bookkeeping.open_parent(
+        # Jobs per study are not known ahead (one or two per trial): no total, progress lines show none.
+        self.ctx = bookkeeping.open_parent(
             self.config.tracking,
             [[f"search.storage={redact(s.storage)}", f"search.study_name={s.study_name}"]],
             f"search/{s.study_name}",
         )
-        # Jobs per study are not known ahead (one or two per trial): progress lines show no total.
-        os.environ.pop(bookkeeping.ENV_TOTAL, None)
+        parent, sweep_id = self.ctx.parent, self.ctx.sweep_id
+        assert parent is not None and sweep_id is not None
         n_jobs = hydra_jobs.share_gpus(self.config)
         # Trials at once: max_batch_size, else one per worker of the host launcher (Ray and SLURM launchers
         # have no n_jobs: they take as many as the sweeper hands them, so give max_batch_size there).
@@ -217,7 +219,7 @@ class QuantsweepOptunaSweeper(Sweeper):
 
     def _launch(self, jobs: list[list[str]]) -> list[Outcome]:
         assert self.launcher is not None
-        results = list(self.launcher.launch(jobs, initial_job_idx=self.job_idx))
+        results = hydra_jobs.launch(self.launcher, jobs, self.ctx, self.job_idx)
         self.job_idx += len(jobs)
         reports = [hydra_jobs.point_report(job, r) for job, r in zip(jobs, results, strict=True)]
         self.reports += reports
