@@ -191,3 +191,29 @@ def test_a_missing_vllm_environment_is_one_clear_error_before_any_work(make_cfg,
 def test_an_unknown_backend_is_refused_naming_the_known_ones(make_cfg):
     with pytest.raises(ConfigError, match=r"eval.backend='sglang' is not one of hf, vllm"):
         validate.check_eval(make_cfg("eval.backend=sglang").eval)
+
+
+def test_a_refusal_keeps_the_reasons_vllm_logs_after_its_exception_line():
+    """vLLM logs "Failed to find a kernel ... Reasons:" and then one line per kernel it tried, each under the
+    same prefix; the tag keeps them all, and stops where that record ends."""
+    head = "(Worker pid=7) ERROR 11-29 21:11:10 [multiproc_executor.py:953] "
+    log = "\n".join(
+        [
+            "(EngineCore pid=6) INFO 11-29 21:11:09 [core.py:90] loading",
+            head + "ValueError: Failed to find a kernel that can implement the WNA16 linear layer. Reasons: ",
+            head + " KernelA cannot implement due to: Unsupported quant type uint8b128",
+            head + " KernelB cannot implement due to: requires an AMD Zen CPU.",
+            head,
+            "(EngineCore pid=6) ERROR 11-29 21:11:12 [core.py:1510] EngineCore failed to start.",
+            "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+        ]
+    )
+    assert deploy.reason(log) == (
+        "ValueError: Failed to find a kernel that can implement the WNA16 linear layer. Reasons: "
+        "KernelA cannot implement due to: Unsupported quant type uint8b128; "
+        "KernelB cannot implement due to: requires an AMD Zen CPU."
+    )
+    # An exception line with nothing after it stays one line.
+    assert (
+        deploy.reason(head + "ValueError: no kernel\n(EngineCore pid=6) INFO done") == "ValueError: no kernel"
+    )

@@ -27,6 +27,9 @@ ERROR_TAG = "quantsweep.vllm_error"
 # failed. See root cause above", "WorkerProc initialization failed ..."): the cause is logged before.
 _GENERIC = re.compile(r"initialization failed|root cause")
 _EXCEPTION_LINE = re.compile(r"\b([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+# How many continuation lines a reason takes, and its length as a tag.
+_MORE_LINES = 8
+_MAX_CHARS = 1000
 
 
 @dataclass
@@ -77,12 +80,12 @@ def check(
         if returncode is None:
             return DeployCheck(False, error=f"vLLM probe timed out after {timeout_s:.0f} s")
         if not out.is_file():
-            reason = _reason(log) or f"vLLM probe exited with code {returncode} and wrote no result"
-            return DeployCheck(False, error=reason)
+            why = reason(log) or f"vLLM probe exited with code {returncode} and wrote no result"
+            return DeployCheck(False, error=why)
         data = json.loads(out.read_text())
     error = data.get("error")
     if error and _GENERIC.search(error):
-        error = _reason(log) or error
+        error = reason(log) or error
     return DeployCheck(
         loads=bool(data["vllm_loads"]),
         load_s=data.get("load_s"),
@@ -111,12 +114,22 @@ def _run(cmd: list[str], timeout_s: float) -> tuple[int | None, str]:
     return proc.returncode, log
 
 
-def _reason(log: str) -> str | None:
-    """The last specific exception line of vLLM's log (the engine's root cause), one line."""
-    for line in reversed(log.splitlines()):
-        match = _EXCEPTION_LINE.search(line)
-        if match and not _GENERIC.search(line):
-            return f"{match[1]}: {' '.join(match[2].split())}"[:400]
+def reason(log: str) -> str | None:
+    """The last specific exception line of vLLM's log (the engine's root cause), in one line, with the lines
+    vLLM logged right after it under the same prefix (e.g. each kernel it tried after "Failed to find a
+    kernel ... Reasons:"), after it, separated by "; "."""
+    lines = log.splitlines()
+    for at in range(len(lines) - 1, -1, -1):
+        match = _EXCEPTION_LINE.search(lines[at])
+        if not match or _GENERIC.search(lines[at]):
+            continue
+        prefix, parts = lines[at][: match.start()], [f"{match[1]}: {' '.join(match[2].split())}"]
+        for line in lines[at + 1 : at + 1 + _MORE_LINES]:
+            more = " ".join(line[len(prefix) :].split())
+            if not prefix or not line.startswith(prefix) or not more:
+                break
+            parts.append(more)
+        return " ".join([parts[0], "; ".join(parts[1:])]).strip()[:_MAX_CHARS]
     return None
 
 

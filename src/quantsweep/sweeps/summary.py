@@ -49,7 +49,7 @@ def baselines(outcomes: list[Outcome]) -> list[dict]:
 
 def eval_line(params: dict[str, str], tags: dict[str, str]) -> str:
     """How a run was evaluated, from its params and tags: `hellaswag_file, 0-shot, 100 items, from
-    file:<path> sha256:<digest>` (or `hub:hellaswag`)."""
+    file:<path> sha256:<digest>` (or `hub:hellaswag`), with `vllm backend` after the items when not HF."""
     tasks = ", ".join(json.loads(params.get("eval.tasks", "[]")))
     shots, limit = params.get("eval.num_fewshot", "None"), params.get("eval.limit", "None")
     parts = [tasks, "task's default shots" if shots == "None" else f"{shots}-shot"]
@@ -57,6 +57,9 @@ def eval_line(params: dict[str, str], tags: dict[str, str]) -> str:
         parts.append("every item")
     else:
         parts.append(f"{float(limit):g} items" if float(limit) >= 1 else f"{float(limit):.0%} of the items")
+    backend = params.get("eval.backend", "hf")
+    if backend != "hf":  # a sweep over eval.backend=hf,vllm: its two baselines told apart
+        parts.append(f"{backend} backend")
     source = tags.get(DATA_SOURCE)
     return ", ".join(parts) + (f", from {source}" if source else "")
 
