@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-HELLASWAG = ROOT.parent / "shared" / "data" / "hellaswag_val_full.txt.bz2"
+from common import HELLASWAG, machine, run_sweep
+
 # The two sweeps: 2:4 with each scheme it composes with (the deployability probe on), and W4A16 with and
 # without an FP8 KV cache. Every point calibrates on HellaSwag contexts past the evaluated items.
 SWEEPS = {
@@ -44,21 +40,7 @@ def sweep(name: str, extra: list[str], work: Path, args: argparse.Namespace) -> 
         f"output_dir={work}/checkpoints",
         f"hydra.sweep.dir={work}/multirun-{name}",
     ]
-    env = os.environ | {"QUANTSWEEP_HELLASWAG": str(args.hellaswag)}
-    start = time.perf_counter()
-    with (args.out / f"{name}.log").open("w") as log:
-        log.write("python run.py -m " + " ".join(overrides) + "\n")
-        log.flush()
-        proc = subprocess.run(
-            [sys.executable, "run.py", "-m", *overrides],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    if proc.returncode != 0:
-        raise SystemExit(f"the {name} sweep failed (exit {proc.returncode}); see {args.out / name}.log")
-    return time.perf_counter() - start
+    return run_sweep(overrides, args.out / f"{name}.log", args.hellaswag)
 
 
 METRICS = (
@@ -162,9 +144,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     walls = {name: sweep(name, extra, args.work, args) for name, extra in SWEEPS.items()}
     found = rows(args.work, args.fewshot, args.limit)
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
     settings = {"fewshot": args.fewshot, "limit": args.limit, "hellaswag": str(args.hellaswag)}
-    report = {"walls_s": walls, "machine": machine, "date": time.strftime("%Y-%m-%d"), "settings": settings}
+    report = {"walls_s": walls, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "settings": settings}
     (args.out / "levers_smollm2.json").write_text(json.dumps(report | {"rows": found}, indent=2))
     (args.out / "levers_smollm2.md").write_text(markdown(found))
     print(markdown(found), "\n", {k: f"{v:.0f} s" for k, v in walls.items()}, sep="")

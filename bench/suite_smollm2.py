@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-HELLASWAG = ROOT.parent / "shared" / "data" / "hellaswag_val_full.txt.bz2"
+from common import HELLASWAG, machine, run_sweep
+
 TEXT = Path("/usr/share/common-licenses/GPL-3")
 TASKS = ("hellaswag_file", "text_file")
 
@@ -45,19 +41,7 @@ def sweep(work: Path, hellaswag: Path, text: Path, out: Path) -> float:
         f"output_dir={work}/checkpoints",
         f"hydra.sweep.dir={work}/multirun",
     ]
-    env = os.environ | {"QUANTSWEEP_HELLASWAG": str(hellaswag)}
-    start = time.perf_counter()
-    with (out / "sweep.log").open("w") as log:
-        proc = subprocess.run(
-            [sys.executable, "run.py", "-m", *overrides],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    if proc.returncode != 0:
-        raise SystemExit(f"the sweep failed (exit {proc.returncode}); see {out / 'sweep.log'}")
-    return time.perf_counter() - start
+    return run_sweep(overrides, out / "sweep.log", hellaswag)
 
 
 STAMP = re.compile(
@@ -176,8 +160,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     wall = sweep(args.work, args.hellaswag, args.text, args.out)
     found = rows(args.work)
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
-    report = {"wall_s": wall, "machine": machine, "date": time.strftime("%Y-%m-%d"), "rows": found}
+    report = {"wall_s": wall, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": found}
     (args.out / "suite_smollm2.json").write_text(json.dumps(report, indent=2))
     (args.out / "suite_smollm2.md").write_text(markdown(found))
     print(markdown(found), f"\nwhole sweep {wall:.0f} s", sep="")
