@@ -26,6 +26,7 @@ from typing import IO, Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
+from quantsweep import interrupts
 from quantsweep.tables import duration
 
 # tqdm bars of the phases that take minutes on a real model.
@@ -186,6 +187,7 @@ def say(message: str, err: bool = False) -> None:
 @contextmanager
 def phase(what: str) -> Iterator[None]:
     """`quantsweep: <what>…`, then `quantsweep: <what>: done in 1m05s` once it has succeeded."""
+    interrupts.check()  # a SIGTERM whose KeyboardInterrupt was lost stops the run before more work
     say(f"quantsweep: {what}…")
     start = time.perf_counter()
     yield

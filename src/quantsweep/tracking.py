@@ -22,7 +22,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from quantsweep import logs
+from quantsweep import interrupts, logs
 from quantsweep.config import TrackingConfig
 from quantsweep.errors import ConfigError
 
@@ -290,6 +290,9 @@ class Tracked:
         import mlflow
 
         self._capture.stop()
+        # A SIGTERM whose KeyboardInterrupt was swallowed (quantsweep.interrupts): the run still ends KILLED.
+        lost = interrupts.pending() if exc is None else None
+        exc = exc or lost
         try:
             if exc is not None:
                 self.status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
@@ -303,5 +306,7 @@ class Tracked:
             shutil.rmtree(self._folder, ignore_errors=True)
         if self.status != "FINISHED":
             logs.say(f"quantsweep: {self.name} {self.status}; the libraries' log: {log_uri}", err=True)
+        if lost is not None:
+            raise lost
         # Errors are logged on the run and reported by status; Ctrl-C still stops the process.
         return self.status == "FAILED"
