@@ -20,6 +20,8 @@ from typing import Any
 
 from common import HELLASWAG, machine, run_sweep
 
+from quantsweep.tables import pm
+
 # The two sweeps: 2:4 with each scheme it composes with (the deployability probe on), and W4A16 with and
 # without an FP8 KV cache. Every point calibrates on HellaSwag contexts past the evaluated items.
 SWEEPS = {
@@ -96,13 +98,6 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _pm(value: float | None, err: float | None, scale: float, fmt: str, unit: str = "") -> str:
-    if value is None:
-        return "-"
-    text = format(value * scale, fmt) + unit
-    return text if err is None else f"{text} ± {format(err * scale, fmt)}{unit}"
-
-
 def markdown(found: list[dict[str, Any]]) -> str:
     head = (
         "| run | disk GiB | 2:4 runtime GiB | zeros | 2:4 groups | KV KiB/token | KV GiB at context "
@@ -117,13 +112,13 @@ def markdown(found: list[dict[str, Any]]) -> str:
             r["run"],
             _num(r["disk_gib"], ".3f"),
             _num(r["sparse_runtime_gib"], ".3f"),
-            _pm(r["sparsity_zero_fraction"], None, 100, ".1f", "%"),
-            _pm(r["sparsity_pattern_fraction"], None, 100, ".1f", "%"),
+            pm(r["sparsity_zero_fraction"], None, 1, 100, "%"),
+            pm(r["sparsity_pattern_fraction"], None, 1, 100, "%"),
             "-" if per_token is None else f"{per_token / 1024:.1f}",
             _num(r["kv_cache_gib_max_context"], ".3f"),
             r["kv_cache_applied"] or "-",
-            _pm(r["accuracy"], r["accuracy_stderr"], 1, ".3f"),
-            "100%" if r["run"] == "baseline" else _pm(r["recovery"], r["recovery_stderr"], 100, ".1f", "%"),
+            pm(r["accuracy"], r["accuracy_stderr"], 3),
+            "100%" if r["run"] == "baseline" else pm(r["recovery"], r["recovery_stderr"], 1, 100, "%"),
             _num(r["time_quantize_s"], ".1f"),
             _num(r["time_eval_s"], ".0f"),
             vllm,

@@ -21,6 +21,8 @@ from typing import Any
 
 from common import HELLASWAG, machine, run_sweep
 
+from quantsweep.tables import pm
+
 TEXT = Path("/usr/share/common-licenses/GPL-3")
 TASKS = ("hellaswag_file", "text_file")
 
@@ -106,13 +108,6 @@ def rows(work: Path) -> list[dict[str, Any]]:
     return found
 
 
-def _pm(value: float | None, err: float | None, digits: int, scale: float = 1.0, unit: str = "") -> str:
-    if value is None:
-        return "-"
-    text = f"{value * scale:.{digits}f}{unit}"
-    return text if err is None else f"{text} ± {err * scale:.{digits}f}{unit}"
-
-
 def markdown(found: list[dict[str, Any]]) -> str:
     head = (
         "| run | GiB | HellaSwag acc_norm | word perplexity | HellaSwag recovery | perplexity recovery "
@@ -128,15 +123,15 @@ def markdown(found: list[dict[str, Any]]) -> str:
                 [
                     r["run"] + ("" if base or r["group_size"] in ("n/a", None) else f" g{r['group_size']}"),
                     f"{r['disk_gib']:.3f}" if r["disk_gib"] else "-",
-                    _pm(r["score.hellaswag_file"], r["score_stderr.hellaswag_file"], 3),
-                    _pm(r["score.text_file"], r["score_stderr.text_file"], 2),
+                    pm(r["score.hellaswag_file"], r["score_stderr.hellaswag_file"], 3),
+                    pm(r["score.text_file"], r["score_stderr.text_file"], 2),
                     "100%"
                     if base
-                    else _pm(r["recovery.hellaswag_file"], r["recovery_stderr.hellaswag_file"], 1, 100, "%"),
+                    else pm(r["recovery.hellaswag_file"], r["recovery_stderr.hellaswag_file"], 1, 100, "%"),
                     "100%"
                     if base
-                    else _pm(r["recovery.text_file"], r["recovery_stderr.text_file"], 1, 100, "%"),
-                    "100%" if base else _pm(r["recovery_mean"], r["recovery_mean_stderr"], 1, 100, "%"),
+                    else pm(r["recovery.text_file"], r["recovery_stderr.text_file"], 1, 100, "%"),
+                    "100%" if base else pm(r["recovery_mean"], r["recovery_mean_stderr"], 1, 100, "%"),
                     "-" if base else str(r["worst_task"]),
                     "-" if r["time_quantize_s"] is None else f"{r['time_quantize_s']:.1f}",
                     f"{r['time_eval_s']:.0f}",

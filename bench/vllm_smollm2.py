@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -37,10 +36,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import HELLASWAG, ROOT, machine
+
 from quantsweep.tables import markdown, pm
 
-ROOT = Path(__file__).resolve().parents[1]
-HELLASWAG = ROOT.parent / "shared" / "data" / "hellaswag_val_full.txt.bz2"
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 PROBE = ROOT / "src" / "quantsweep" / "evaluation" / "vllm_probe.py"
 SCHEMES = ROOT / "src" / "quantsweep" / "conf" / "scheme"
@@ -399,11 +398,7 @@ def main() -> None:
     found = runs(args.work)
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "hellaswag": str(args.hellaswag),
         "sweeps": sweeps,
     }
