@@ -237,8 +237,8 @@ def resolve(cfg: Config) -> Point:
     if uses_calibration:
         calibration.check(cfg.calibration)
     source = models.resolve(cfg.model, cfg.cache_dir)
-    quantize.check_memory_cap(cfg, source, uses_calibration)
     meta = validate.meta_model(source, cfg.model.trust_remote_code)
+    quantize.check_memory_cap(cfg, meta.config.to_dict(), uses_calibration)
     fitted = fitting(meta, cfg.scheme, cfg.ignore)
     sparse_layers = sparsity.layers(meta, cfg.sparsity, fitted.ignore)
     if fitted.note:

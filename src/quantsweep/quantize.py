@@ -37,24 +37,22 @@ class QuantizeResult:
     peak_memory_max_card_bytes: int | None = None
 
 
-def check_memory_cap(cfg: Config, source: str, uses_calibration: bool) -> None:
+def check_memory_cap(cfg: Config, model_config: dict[str, Any], uses_calibration: bool) -> None:
     """Pre-flight: refuse a `quantize.max_gpu_memory_gib` that cannot work, before any work.
 
     Below the floor of `sizing.quantize_memory` (data-calibrated: one decoder layer's weights, its GPTQ
     Hessians and one sample's activations; data-free RTN: the largest Linear and its working copy) no
     onloading fits. Between the floor and the predicted peak it may still fit (the peak's GPTQ working memory
     is llm-compressor's own upper estimate): a warning, and the allocator's cap decides. The cap is checked
-    on every host, so a config refused on a GPU host is refused here too."""
+    on every host, so a config refused on a GPU host is refused here too. `model_config` is the model's
+    config.json as a dict (the point's meta model has it: no second read)."""
     cap = cfg.quantize.max_gpu_memory_gib
     if cap is None:
         return
     if cap <= 0:
         raise ConfigError(f"quantize.max_gpu_memory_gib={cap} must be positive GiB, or null for no cap")
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code).to_dict()
     try:
-        shape = DecoderShape.from_hf_config(config)
+        shape = DecoderShape.from_hf_config(model_config)
     except (ValueError, KeyError) as exc:  # not a dense Llama-style decoder: no estimate, the cap decides
         logs.say(f"quantsweep: quantize.max_gpu_memory_gib={cap}: no memory estimate for this model ({exc})")
         return
