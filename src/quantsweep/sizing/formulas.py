@@ -55,7 +55,7 @@ class ModelShape:
         Without `num_parameters`, the count is an estimate for dense Llama-style decoders (see
         `estimate_num_parameters`); mixture-of-experts configs are refused rather than misestimated.
         """
-        cfg = {**config, **config["text_config"]} if config.get("text_config") else dict(config)
+        cfg = text_config(config)
         needed = ["num_hidden_layers"]
         if cfg.get("num_key_value_heads") is None or cfg.get("head_dim") is None:
             needed.append("num_attention_heads")
@@ -74,6 +74,11 @@ class ModelShape:
             head_dim=int(head_dim),
             max_context=int(max_context) if max_context else None,
         )
+
+
+def text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config.json's text model: its `text_config` over the top level where it has one (Llama 4)."""
+    return {**config, **config["text_config"]} if config.get("text_config") else dict(config)
 
 
 def _require(cfg: dict[str, Any], keys: list[str], fix: str) -> None:

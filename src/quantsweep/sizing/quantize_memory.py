@@ -44,7 +44,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from quantsweep.sizing.formulas import estimate_num_parameters
+from quantsweep.sizing.formulas import ModelShape, text_config
 from quantsweep.tables import GIB
 
 # llm-compressor's GPTQ: float32 Hessians and working copies, columns quantized 128 at a time.
@@ -70,19 +70,20 @@ class DecoderShape:
     @classmethod
     def from_hf_config(cls, config: dict[str, Any]) -> DecoderShape:
         """From a config.json-style dict (bf16 unless it says otherwise: quantsweep loads `dtype="auto"`)."""
-        cfg = {**config, **config["text_config"]} if config.get("text_config") else dict(config)
-        num_parameters = estimate_num_parameters(cfg)  # names every missing field; refuses MoE
-        heads = int(cfg["num_attention_heads"])
+        # Layers, KV heads, head_dim and the parameter estimate as sizing reads them everywhere (it names
+        # every missing field and refuses mixture-of-experts models).
+        base = ModelShape.from_hf_config(config)
+        cfg = text_config(config)
         dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16").removeprefix("torch.")
         return cls(
             hidden=int(cfg["hidden_size"]),
             intermediate=int(cfg["intermediate_size"]),
-            heads=heads,
-            kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
-            layers=int(cfg["num_hidden_layers"]),
+            heads=int(cfg["num_attention_heads"]),
+            kv_heads=base.num_kv_heads,
+            head_dim=base.head_dim,
+            layers=base.num_layers,
             vocab=int(cfg["vocab_size"]),
-            num_parameters=num_parameters,
+            num_parameters=int(base.num_parameters),
             dtype_bytes=_DTYPE_BYTES.get(dtype, 2),
         )
 
