@@ -21,13 +21,12 @@ environment, whose model this process cannot inspect).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from quantsweep.config import SchemeConfig
 from quantsweep.errors import ConfigError
-from quantsweep.sizing import formulas
+from quantsweep.sizing import formulas, measured
 
 # scheme.kv_cache → compressed-tensors' strategy of the KV scales (None: the cache stays in the model dtype).
 KINDS: dict[str, str | None] = {"none": None, "fp8": "tensor", "fp8_head": "attn_head"}
@@ -108,10 +107,9 @@ def logged(params: dict[str, Any]) -> str:
 
 def declared(checkpoint: str | Path) -> str | None:
     """The kv_cache_scheme strategy a checkpoint's config declares (`tensor`, `attn_head`), or None."""
-    path = Path(checkpoint) / "config.json"
-    if not path.is_file():
+    if not (Path(checkpoint) / "config.json").is_file():  # a hub id: nothing local to read
         return None
-    quantization = json.loads(path.read_text()).get("quantization_config") or {}
+    quantization = measured.hf_config(checkpoint).get("quantization_config") or {}
     scheme = quantization.get("kv_cache_scheme")
     return None if not scheme else str(scheme.get("strategy"))
 

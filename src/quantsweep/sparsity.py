@@ -13,7 +13,6 @@ fraction that is zero, the fraction of 4-groups that keep the pattern, and `spar
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from omegaconf import OmegaConf
 
 from quantsweep.config import SparsityConfig
 from quantsweep.errors import ConfigError
+from quantsweep.sizing import measured
 from quantsweep.tables import GIB
 
 # The one structure accepted: what NVIDIA's sparse tensor cores (Ampere and later) multiply.
@@ -115,11 +115,10 @@ def runtime_bytes(value_bytes: float, elements: int) -> float:
     return value_bytes / 2 + elements / 2 * INDEX_BITS / 8
 
 
-def storage_format(checkpoint: Path) -> str:
-    """The sparse format the checkpoint's quantization config records; `none` when its zeros are stored as
+def storage_format(quantization: dict[str, Any]) -> str:
+    """The sparse format a checkpoint's quantization config records; `none` when its zeros are stored as
     values (every compressed-tensors 0.19 checkpoint, and one without a quantization config)."""
-    config = json.loads((checkpoint / "config.json").read_text()).get("quantization_config") or {}
-    return str((config.get("sparsity_config") or {}).get("format") or "none")
+    return str((quantization.get("sparsity_config") or {}).get("format") or "none")
 
 
 def record(checkpoint: Path, names: Sequence[str], disk_bytes: int, cfg: SparsityConfig) -> dict[str, float]:
@@ -130,7 +129,7 @@ def record(checkpoint: Path, names: Sequence[str], disk_bytes: int, cfg: Sparsit
     import mlflow
 
     mlflow.log_param("sparsity.layers_pruned", len(names))
-    mlflow.set_tag(FORMAT_TAG, storage_format(checkpoint))
+    mlflow.set_tag(FORMAT_TAG, storage_format(_quantization_config(checkpoint)))
     return measure(checkpoint, names, disk_bytes, cfg)
 
 
@@ -188,9 +187,14 @@ def _saved_weights(checkpoint: Path, names: Sequence[str]) -> Iterator[tuple[int
         )
 
 
+def _quantization_config(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint's quantization config ({} for one saved without quantization)."""
+    return measured.hf_config(checkpoint).get("quantization_config") or {}
+
+
 def _dequantizer(checkpoint: Path) -> Any:
     """compressed-tensors' checkpoint dequantizer, or None for a checkpoint saved without quantization."""
-    if not json.loads((checkpoint / "config.json").read_text()).get("quantization_config"):
+    if not _quantization_config(checkpoint):
         return None
     from compressed_tensors.entrypoints.convert.converters.ct_dequantizer import CompressedTensorsDequantizer
 
