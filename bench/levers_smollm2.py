@@ -42,7 +42,7 @@ def sweep(name: str, extra: list[str], work: Path, args: argparse.Namespace) -> 
         f"output_dir={work}/checkpoints",
         f"hydra.sweep.dir={work}/multirun-{name}",
     ]
-    return run_sweep(overrides, args.out / f"{name}.log", args.hellaswag)
+    return run_sweep(overrides, args.out / f"{name}.log", args.hellaswag)[0]
 
 
 METRICS = (

@@ -43,7 +43,7 @@ def sweep(work: Path, hellaswag: Path, text: Path, out: Path) -> float:
         f"output_dir={work}/checkpoints",
         f"hydra.sweep.dir={work}/multirun",
     ]
-    return run_sweep(overrides, out / "sweep.log", hellaswag)
+    return run_sweep(overrides, out / "sweep.log", hellaswag)[0]
 
 
 STAMP = re.compile(

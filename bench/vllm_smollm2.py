@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import HELLASWAG, ROOT, machine
+from common import HELLASWAG, ROOT, machine, run_sweep
 
 from quantsweep.tables import markdown, pm
 
@@ -80,18 +80,9 @@ def store(work: Path) -> list[str]:
 def sweep(stage: str, work: Path, hellaswag: Path, out: Path) -> dict[str, Any]:
     """One `run.py -m`; a failed point (exit 1) is a result here, not the end of the benchmark."""
     overrides = [*STAGES[stage], *store(work), f"hydra.sweep.dir={work}/multirun/{stage}"]
-    env = os.environ | {"QUANTSWEEP_HELLASWAG": str(hellaswag)}
-    command = [sys.executable, "run.py", "-m", *overrides]
-    start = time.perf_counter()
-    with (out / f"{stage}.log").open("w") as log:
-        proc = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - start
-    print(f"{stage}: exit {proc.returncode} after {wall:.0f} s", flush=True)
-    return {
-        "command": " ".join(["python", "run.py", "-m", *STAGES[stage]]),
-        "exit": proc.returncode,
-        "wall_s": wall,
-    }
+    wall, code = run_sweep(overrides, out / f"{stage}.log", hellaswag, may_fail=True)
+    print(f"{stage}: exit {code} after {wall:.0f} s", flush=True)
+    return {"command": " ".join(["python", "run.py", "-m", *STAGES[stage]]), "exit": code, "wall_s": wall}
 
 
 def runs(work: Path) -> list[dict[str, Any]]:
