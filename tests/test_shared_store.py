@@ -12,8 +12,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -22,6 +24,7 @@ import pytest
 from conftest import ROOT, base_overrides
 
 from quantsweep import tracking
+from quantsweep.config import TrackingConfig
 from quantsweep.sweeps.search import decisions
 
 pytestmark = pytest.mark.services
@@ -115,6 +118,36 @@ def test_a_sweep_logs_through_the_server_with_no_secret_in_params(
     assert "scheme:" in config and SECRET not in config
     assert any((services.work / "artifacts").rglob("config.yaml"))
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_workers_starting_at_once_on_one_experiment_all_start(services):
+    """Workers that set up one experiment at the same moment (a new one, and an older one without
+    quantsweep's tags) all start, and the experiment ends with its tags: the server's PostgreSQL refuses a
+    second insert of one tag, which must not stop the worker that lost the race."""
+    mlflow.set_tracking_uri(services.tracking_uri)
+    client = mlflow.MlflowClient()
+    workers = 8
+
+    def start_together(name: str) -> list[str]:
+        barrier = threading.Barrier(workers)
+        cfg = TrackingConfig(uri=services.tracking_uri, artifact_location=None, experiment=name)
+
+        def one(_: int) -> str:
+            barrier.wait(timeout=60)
+            return tracking.setup(cfg)
+
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(one, range(workers), timeout=120))
+
+    for round_ in range(4):  # bounded: each round is one new and one older experiment
+        older = f"older-{round_}"
+        older_id = client.create_experiment(older)
+        assert set(start_together(older)) == {older_id}
+        fresh = start_together(f"new-{round_}")
+        assert len(set(fresh)) == 1
+        for experiment_id in (older_id, fresh[0]):
+            tags = client.get_experiment(experiment_id).tags
+            assert tags[tracking.EXPERIMENT_KIND] == tracking.CLASSIC_KIND and tracking.VIEW_TAG in tags
 
 
 SEARCH = [

@@ -85,6 +85,9 @@ def setup(cfg: TrackingConfig) -> str:
 
     The experiment is marked as MLflow 3's classic kind and given a saved runs-table view of KEY_METRICS, on
     creation and on an older experiment that lacks them; tags already there (a user's choice) are left alone.
+    Workers starting at once on one store each run this: creation carries the tags in the same write, and a
+    tag another worker added first is taken as written (a tracking server on PostgreSQL refuses the second
+    insert).
     """
     check_store(cfg.uri)
     import mlflow
@@ -101,6 +104,7 @@ def setup(cfg: TrackingConfig) -> str:
             experiment = mlflow.get_experiment_by_name(cfg.experiment)
     else:
         experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    tags = {EXPERIMENT_KIND: CLASSIC_KIND, VIEW_TAG: _key_metrics_view()}
     if experiment is None:
         # A tracking server stores artifacts where it was told (--serve-artifacts): no local path then.
         location = None
@@ -109,13 +113,18 @@ def setup(cfg: TrackingConfig) -> str:
             artifacts.mkdir(parents=True, exist_ok=True)
             location = artifacts.as_uri()
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # created meanwhile by another worker
-            mlflow.create_experiment(cfg.experiment, artifact_location=location)
+            mlflow.create_experiment(cfg.experiment, artifact_location=location, tags=tags)
         experiment = mlflow.get_experiment_by_name(cfg.experiment)
     assert experiment is not None
     client = mlflow.MlflowClient()
-    for key, make in ((EXPERIMENT_KIND, lambda: CLASSIC_KIND), (VIEW_TAG, _key_metrics_view)):
-        if key not in experiment.tags:
-            client.set_experiment_tag(experiment.experiment_id, key, make())
+    for key, value in tags.items():
+        if key in experiment.tags:
+            continue
+        try:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+        except mlflow.exceptions.MlflowException:
+            if key not in client.get_experiment(experiment.experiment_id).tags:
+                raise
     return experiment.experiment_id
 
 
