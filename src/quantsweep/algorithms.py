@@ -28,6 +28,8 @@ class Algorithm:
     # Leaves a pruned (zero) weight zero: scaling and rounding do, GPTQ's error compensation, which updates
     # the weights not yet quantized, does not (measured: 2:4 held in about 80 % of the groups after it).
     keeps_zeros: bool = True
+    # Accumulates a Hessian per Linear (the GPTQ family): the larger working memory quantize_memory counts.
+    hessians: bool = False
 
 
 def _rtn(scheme: SchemeConfig, quant: dict[str, Any]) -> list[Any]:
@@ -58,9 +60,9 @@ ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in (
         Algorithm("RTN", _rtn, needs_data=False),
-        Algorithm("GPTQ", _gptq, needs_data=True, keeps_zeros=False),
+        Algorithm("GPTQ", _gptq, needs_data=True, keeps_zeros=False, hessians=True),
         Algorithm("AWQ", _awq, needs_data=True, needs_cuda=True),
-        Algorithm("SMOOTHQUANT_GPTQ", _smoothquant_gptq, needs_data=True, keeps_zeros=False),
+        Algorithm("SMOOTHQUANT_GPTQ", _smoothquant_gptq, needs_data=True, keeps_zeros=False, hessians=True),
     )
 }
 

@@ -58,7 +58,7 @@ def check_memory_cap(cfg: Config, model_config: dict[str, Any], uses_calibration
         return
     samples, seq_len = cfg.calibration.num_samples, cfg.calibration.max_seq_length
     memory = quantize_memory(shape, samples, seq_len)
-    gptq = "GPTQ" in algorithms.get(cfg.scheme.algorithm).name
+    gptq = algorithms.get(cfg.scheme.algorithm).hessians
     floor, peak = memory.floor(gptq, uses_calibration), memory.peak(gptq, onloaded=True)
     data = f"one {seq_len}-token sample" if uses_calibration else "no calibration data"
     if cap * GIB < floor:

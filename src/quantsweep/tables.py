@@ -19,6 +19,12 @@ def missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def present(record: dict[str, Any], key: str) -> Any:
+    """A search_runs cell, None when the run lacks it (pandas fills absent params/tags with NaN or None)."""
+    value = record.get(key)
+    return None if missing(value) else value
+
+
 def pm(value: Any, err: Any = None, digits: int = 3, scale: float = 1.0, unit: str = "") -> str:
     """`0.412 ± 0.031` (`-` when the value is missing; no `±` when the stderr is)."""
     if missing(value):

@@ -15,7 +15,7 @@ import pandas as pd
 
 from quantsweep import kv_cache
 from quantsweep.sizing import formulas
-from quantsweep.tables import GIB, missing
+from quantsweep.tables import GIB, missing, present
 
 COLUMNS = (
     "kv_cache",
@@ -38,17 +38,12 @@ KV_RULE = (
 
 def cells(run: dict[str, Any], baseline: bool) -> dict[str, Any]:
     """A run's KV cells from an MLflow search_runs record (baselines keep the model's own cache)."""
-
-    def value(key: str) -> Any:
-        found = run.get(key)
-        return None if missing(found) else found
-
     params = {k.removeprefix("params."): v for k, v in run.items() if k.startswith("params.") and v}
     return {
         "kv_cache": kv_cache.NONE if baseline else kv_cache.logged(params),
-        "kv_cache_applied": value(f"tags.{kv_cache.APPLIED_TAG}"),
-        "kv_cache_bytes_per_token": value("metrics.kv_cache_bytes_per_token"),
-        "max_context": value("metrics.max_context"),
+        "kv_cache_applied": present(run, f"tags.{kv_cache.APPLIED_TAG}"),
+        "kv_cache_bytes_per_token": present(run, "metrics.kv_cache_bytes_per_token"),
+        "max_context": present(run, "metrics.max_context"),
     }
 
 

@@ -13,7 +13,7 @@ from quantsweep import tracking
 from quantsweep.evaluation.deploy import ERROR_TAG
 from quantsweep.results import kv
 from quantsweep.suite import TASK_METRICS, WORST_TASK
-from quantsweep.tables import missing
+from quantsweep.tables import present
 
 COLUMNS = (
     "model",
@@ -65,31 +65,25 @@ SUITE_COLUMNS = (
 TASK_COLUMNS = ("score:", "score_stderr:", "recovery_pct:", "recovery_pct_stderr:")
 
 
-def _value(run: dict[str, Any], key: str) -> Any:
-    """A search_runs cell, None when the run lacks it (pandas fills absent params/tags with NaN or None)."""
-    value = run.get(key)
-    return None if missing(value) else value
-
-
 def _vllm(run: dict[str, Any]) -> str | None:
     """The deployability check's verdict: "loads", "fails: <vLLM's reason>", or None where none ran."""
-    loads = _value(run, "metrics.vllm_loads")
+    loads = present(run, "metrics.vllm_loads")
     if loads is None:
         return None
-    return "loads" if loads else f"fails: {_value(run, f'tags.{ERROR_TAG}') or 'unknown reason'}"
+    return "loads" if loads else f"fails: {present(run, f'tags.{ERROR_TAG}') or 'unknown reason'}"
 
 
 def run_row(run: dict[str, Any]) -> dict[str, Any]:
     """One run's leaderboard row; a baseline is its own reference (recovery 100 %, compression 1×)."""
 
     def metric(name: str) -> float:
-        value = _value(run, f"metrics.{name}")
+        value = present(run, f"metrics.{name}")
         return math.nan if value is None else float(value)
 
     def param(name: str) -> str | None:
-        return _value(run, f"params.{name}")
+        return present(run, f"params.{name}")
 
-    baseline = _value(run, f"tags.{tracking.ROLE}") == "baseline"
+    baseline = present(run, f"tags.{tracking.ROLE}") == "baseline"
     cells = _suite_cells(run, metric, param, baseline)
     # The group size the point was quantized with (fitted to the model or given); older runs logged only
     # the configured one.
@@ -108,7 +102,7 @@ def run_row(run: dict[str, Any]) -> dict[str, Any]:
         "vllm": _vllm(run),
         "status": run["status"],
         "run_id": run["run_id"],
-        "sweep_id": _value(run, f"tags.{tracking.SWEEP_ID}"),
+        "sweep_id": present(run, f"tags.{tracking.SWEEP_ID}"),
         **kv.cells(run, baseline),
     }
     if baseline:
@@ -138,7 +132,7 @@ def run_row(run: dict[str, Any]) -> dict[str, Any]:
     passed = metric("passed")
     stderr = metric("recovery_stderr")
     # Runs logged before the tag existed propagated both stderrs independently: the only method then.
-    method = _value(run, f"tags.{tracking.RECOVERY_STDERR}") or (
+    method = present(run, f"tags.{tracking.RECOVERY_STDERR}") or (
         None if math.isnan(stderr) else "independent"
     )
     return (
@@ -158,7 +152,7 @@ def run_row(run: dict[str, Any]) -> dict[str, Any]:
             "floor_on": param("eval.floor_on"),
             "passed": pd.NA if math.isnan(passed) else bool(passed),
             "time_quantize_s": metric("time_quantize_s"),
-            "baseline_run_id": _value(run, f"tags.{tracking.BASELINE_RUN}"),
+            "baseline_run_id": present(run, f"tags.{tracking.BASELINE_RUN}"),
         }
         | cells
     )
@@ -168,7 +162,7 @@ def _suite_cells(run: dict[str, Any], metric: Any, param: Any, baseline: bool) -
     """The suite's cells of a row: its tasks (from the tag quantsweep.task_metrics, else eval.tasks), each
     task's score and recovery, mean and worst; runs logged before suites judge mean and worst on
     `recovery`, the primary task's."""
-    tagged = _value(run, f"tags.{TASK_METRICS}")
+    tagged = present(run, f"tags.{TASK_METRICS}")
     tasks = list(json.loads(tagged)) if tagged else json.loads(param("eval.tasks") or "[]")
     pct = (lambda name: 100.0) if baseline else (lambda name: 100 * metric(name))
     cells: dict[str, Any] = {"suite": ", ".join(tasks), "confidence": _number_param(run, "eval.confidence")}
@@ -185,11 +179,11 @@ def _suite_cells(run: dict[str, Any], metric: Any, param: Any, baseline: bool) -
         stderr = metric(f"recovery_{kind}_stderr" if suite else "recovery_stderr")
         cells[f"recovery_{kind}_pct_stderr"] = math.nan if baseline else 100 * stderr
     primary = param("eval.primary_task") or (tasks[0] if tasks else None)
-    cells["worst_task"] = None if baseline else _value(run, f"tags.{WORST_TASK}") or primary
+    cells["worst_task"] = None if baseline else present(run, f"tags.{WORST_TASK}") or primary
     return cells
 
 
 def _number_param(run: dict[str, Any], name: str) -> float:
     """A run's param as a number (NaN when it has none, as runs logged before it existed)."""
-    value = _value(run, f"params.{name}")
+    value = present(run, f"params.{name}")
     return math.nan if value is None else float(value)
