@@ -4,7 +4,7 @@ its size figures (as saved, what a 2:4 runtime would need, KV cache per token an
 its recovery ± paired stderr and its times, and, for the sparse points, whether vLLM (the CPU build here)
 loads and runs the checkpoint.
 
-    .venv/bin/python bench/levers_smollm2.py --out bench-out/levers [--fewshot 5]
+    .venv/bin/python bench/levers_smollm2.py --out bench-out/levers [--fewshot 5] [--dtype bfloat16]
 
 Two real sweeps through run.py -m into one MLflow store (--work; the baseline is evaluated once), then the
 runs are read back; writes levers_smollm2.json and levers_smollm2.md to --out, and each sweep's output.
@@ -37,6 +37,7 @@ def sweep(name: str, extra: list[str], work: Path, args: argparse.Namespace) -> 
         "eval=hellaswag_file",
         f"eval.num_fewshot={args.fewshot}",
         f"eval.limit={args.limit}",
+        f"eval.dtype={args.dtype}",
         f"tracking.uri=sqlite:///{work}/mlflow.db",
         f"tracking.artifact_location={work}/artifacts",
         f"output_dir={work}/checkpoints",
@@ -64,7 +65,13 @@ METRICS = (
 )
 
 
-def rows(work: Path, fewshot: int, limit: int) -> list[dict[str, Any]]:
+def _settings(params: dict[str, str]) -> tuple[float, int, str]:
+    """The evaluation settings a run was scored under, as this script sets them."""
+    limit = float(params.get("eval.limit", "nan"))
+    return limit, int(params.get("eval.num_fewshot", -1)), params.get("eval.dtype", "auto")
+
+
+def rows(work: Path, fewshot: int, limit: int, dtype: str) -> list[dict[str, Any]]:
     """Baseline first, then the points in the order they ran; only the runs of these evaluation settings (a
     store kept from a smaller try holds others, whose checkpoints this run reused)."""
     import mlflow
@@ -72,13 +79,8 @@ def rows(work: Path, fewshot: int, limit: int) -> list[dict[str, Any]]:
     mlflow.set_tracking_uri(f"sqlite:///{work}/mlflow.db")
     exp = mlflow.get_experiment_by_name("quantsweep")
     runs = mlflow.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", output_format="list")
-    settings = (float(limit), fewshot)
-    runs = [
-        r
-        for r in runs
-        if (float(r.data.params.get("eval.limit", "nan")), int(r.data.params.get("eval.num_fewshot", -1)))
-        == settings
-    ]
+    settings = (float(limit), fewshot, dtype)
+    runs = [r for r in runs if _settings(r.data.params) == settings]
     found = []
     for run in sorted(runs, key=lambda r: r.info.start_time):
         tags = run.data.tags
@@ -134,12 +136,18 @@ def main() -> None:
     parser.add_argument("--hellaswag", type=Path, default=HELLASWAG)
     parser.add_argument("--fewshot", type=int, default=5)
     parser.add_argument("--limit", type=int, default=250)
+    parser.add_argument("--dtype", default="auto", help="eval.dtype (bfloat16: SmolLM2's own, faster on CPU)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     walls = {name: sweep(name, extra, args.work, args) for name, extra in SWEEPS.items()}
-    found = rows(args.work, args.fewshot, args.limit)
-    settings = {"fewshot": args.fewshot, "limit": args.limit, "hellaswag": str(args.hellaswag)}
+    found = rows(args.work, args.fewshot, args.limit, args.dtype)
+    settings = {
+        "fewshot": args.fewshot,
+        "limit": args.limit,
+        "dtype": args.dtype,
+        "hellaswag": str(args.hellaswag),
+    }
     report = {"walls_s": walls, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "settings": settings}
     (args.out / "levers_smollm2.json").write_text(json.dumps(report | {"rows": found}, indent=2))
     (args.out / "levers_smollm2.md").write_text(markdown(found))
