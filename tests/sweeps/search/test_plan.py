@@ -95,3 +95,50 @@ def test_a_space_nothing_of_which_can_be_built_is_refused(tiny_model, task_file,
     settings = SearchConfig(floor=0.5, floor_on="accuracy")
     with pytest.raises(ConfigError, match="no configuration of the space can be built for this model"):
         make_plan(settings, overrides, lambda extra: compose([*base, *extra]))
+
+
+# scheme × sparsity × algorithm, and the four of the eight that validate.check_sparsity refuses, by hand:
+# dense without a sparsity is the baseline, dense has nothing for GPTQ to do, GPTQ refills 2:4's zeros.
+LEVERS = ["scheme=dense,W4A16", "sparsity=none,2of4", "scheme.algorithm=RTN,GPTQ"]
+REFUSED = [
+    {"scheme": "dense", "sparsity": "none", "scheme.algorithm": "RTN"},
+    {"scheme": "dense", "sparsity": "none", "scheme.algorithm": "GPTQ"},
+    {"scheme": "dense", "sparsity": "2of4", "scheme.algorithm": "GPTQ"},
+    {"scheme": "W4A16", "sparsity": "2of4", "scheme.algorithm": "GPTQ"},
+]
+
+
+def test_settings_that_cannot_go_together_are_refused_once_before_any_work(
+    tiny_model, task_file, calib_file, tmp_path, capsys
+):
+    base = base_overrides(tiny_model, task_file, calib_file, tmp_path)
+    overrides = OverridesParser.create().parse_overrides(LEVERS)
+    plan = make_plan(
+        SearchConfig(floor=0.5, floor_on="accuracy", sampler="tpe"),
+        overrides,
+        lambda extra: compose([*base, *extra]),
+    )
+    assert set(plan.refused) == {key(c) for c in REFUSED}
+    assert "GPTQ's error compensation fills in the weights" in plan.refused[key(REFUSED[3])]
+    assert "that is the baseline" in plan.refused[key(REFUSED[0])]
+    assert len(plan.configurations) == 4 and not any(c in REFUSED for c in plan.configurations)
+    assert "quantsweep: 4 configurations refused before any work: scheme=dense" in capsys.readouterr().out
+
+
+def test_a_space_of_refused_settings_or_a_misspelt_algorithm_fails_in_one_line(
+    tiny_model, task_file, calib_file, tmp_path
+):
+    base = base_overrides(tiny_model, task_file, calib_file, tmp_path)
+
+    def plan(arguments: list[str]) -> None:
+        overrides = OverridesParser.create().parse_overrides(arguments)
+        make_plan(
+            SearchConfig(floor=0.5, floor_on="accuracy", sampler="tpe"),
+            overrides,
+            lambda extra: compose([*base, *extra]),
+        )
+
+    with pytest.raises(ConfigError, match="no configuration of the space can be run: scheme=dense quantizes"):
+        plan(["scheme=dense", "sparsity=none", "scheme.algorithm=RTN,GPTQ"])
+    with pytest.raises(ConfigError, match="scheme.algorithm='GTPQ' is unknown"):
+        plan(["sparsity=none,2of4", "scheme.algorithm=RTN,GTPQ"])

@@ -325,6 +325,60 @@ def test_smallest_first_finds_the_grids_best_evaluating_only_what_is_smaller(
     assert "evaluations: 0 at 4 items" in screened.stdout
 
 
+@pytest.mark.slow
+def test_refused_settings_cost_no_job_and_no_budget(tiny_model, task_file, calib_file, tmp_path):
+    """scheme × sparsity × algorithm on the grid: of 8 cells, 4 cannot go together (by hand: dense without a
+    sparsity twice, dense with GPTQ, GPTQ after 2:4). A budget of 4 evaluates the 4 that can, in whatever
+    order the grid draws; a refused draw launches no job, logs no run and spends no budget."""
+    refused = [
+        {"scheme": "dense", "sparsity": "none", "scheme.algorithm": "RTN"},
+        {"scheme": "dense", "sparsity": "none", "scheme.algorithm": "GPTQ"},
+        {"scheme": "dense", "sparsity": "2of4", "scheme.algorithm": "GPTQ"},
+        {"scheme": "W4A16", "sparsity": "2of4", "scheme.algorithm": "GPTQ"},
+    ]
+    cmd = [
+        *base_overrides(tiny_model, task_file, calib_file, tmp_path),
+        "sweep=search_smallest",
+        "calibration=default",  # the test's own file (the sweep calibrates on HellaSwag)
+        "scheme=dense,W4A16",
+        "sparsity=none,2of4",
+        "scheme.algorithm=RTN,GPTQ",
+        "scheme.group_size=64",
+        "ignore=lm_head",
+        "layers=none",
+        "eval.limit=8",
+        "eval.num_fewshot=0",
+        f"search.storage=sqlite:///{tmp_path}/optuna.db",
+        "search.study_name=levers",
+        "search.low_fidelity_limit=null",
+        "search.sampler=grid",
+        "search.floor_on=accuracy",
+        "search.floor=0.0",
+        "search.n_trials=4",
+    ]
+    proc = run([sys.executable, "run.py", "-m", *cmd, f"hydra.sweep.dir={tmp_path}/multirun"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "quantsweep: 4 configurations refused before any work" in proc.stdout
+
+    trials = [TrialRecord(**t.user_attrs[decisions.RECORD]) for t in load(tmp_path, "levers").trials]
+    drawn = [t for t in trials if t.verdict == decisions.REFUSED]
+    evaluated = [t for t in trials if t.verdict != decisions.REFUSED]
+    assert drawn, "the grid's seeded order drew every buildable cell first: nothing refused was exercised"
+    assert all(t.params in refused and t.error for t in drawn)
+    assert sorted(map(describe, (t.params for t in evaluated))) == sorted(
+        describe({"scheme": sc, "sparsity": sp, "scheme.algorithm": a})
+        for sc, sp, a in [("dense", "2of4", "RTN"), ("W4A16", "none", "RTN"), ("W4A16", "none", "GPTQ"),
+                          ("W4A16", "2of4", "RTN")]
+    )  # fmt: skip
+    verdicts = (decisions.FEASIBLE, decisions.INFEASIBLE)
+    assert all(t.stage == "full" and t.verdict in verdicts for t in evaluated), [t.error for t in evaluated]
+    points = point_runs(tmp_path)
+    assert len(points) == 4 and all(p.info.status == "FINISHED" for p in points)
+    # One job per evaluated trial, none for a refused one (Hydra numbers each job's folder).
+    assert len([d for d in (tmp_path / "multirun").iterdir() if d.name.isdigit()]) == 4
+    assert f"{len(drawn)} refused before any work" in proc.stdout
+
+
 def test_hydras_plugin_scan_finds_both_sweepers_without_importing_their_work():
     """Hydra imports every `hydra_plugins` module at each start: ours must not pull in torch or optuna."""
     code = (

@@ -23,13 +23,15 @@ from quantsweep.sweeps.search.space import Key, key
 # The trial user attribute that holds its `TrialRecord`.
 RECORD = "quantsweep"
 
-# Verdicts: COMPLETE trials are feasible or infeasible, PRUNED ones were stopped after the cheap evaluation.
-FEASIBLE, INFEASIBLE, PRUNED_FLOOR, PRUNED_SIZE, FAILED = (
+# Verdicts: COMPLETE trials are feasible or infeasible, PRUNED ones were stopped after the cheap evaluation;
+# REFUSED ones drew a configuration the plan refused (settings that cannot go together): no job ran.
+FEASIBLE, INFEASIBLE, PRUNED_FLOOR, PRUNED_SIZE, FAILED, REFUSED = (
     "feasible",
     "infeasible",
     "pruned: below floor",
     "pruned: not smaller",
     "failed",
+    "refused",
 )
 
 

@@ -60,9 +60,12 @@ def check_settings(cfg: SearchConfig) -> None:
 
 @functools.cache
 def has_groups(preset: str) -> bool:
-    """Whether `scheme.group_size` applies to this preset (INT8/FP8 channel-wise presets refuse it)."""
+    """Whether `scheme.group_size` applies to this preset (INT8/FP8 channel-wise presets refuse it; dense
+    quantizes nothing)."""
     from quantsweep import recipes
 
+    if preset.upper() == recipes.DENSE:
+        return False
     weights = recipes.quant_scheme(preset, ["Linear"]).weights
     return weights is not None and weights.group_size is not None
 
@@ -85,6 +88,9 @@ class Plan:
     # predictions.
     order: list[dict[str, str]] = field(default_factory=list)
     predicted: dict[Key, float] = field(default_factory=dict)
+    # Configurations whose settings cannot go together (validate.check_sparsity), with the reason: not
+    # among `configurations`; a trial that draws one ends without a job.
+    refused: dict[Key, str] = field(default_factory=dict)
 
     @property
     def objective(self) -> Objective:
@@ -95,13 +101,14 @@ class Plan:
 
     @functools.cached_property
     def configurations(self) -> list[dict[str, str]]:
-        return self.space.configurations(self.grouped)
+        """The space's configurations less the refused ones (`make_plan` refuses before any reads this)."""
+        return [c for c in self.space.configurations(self.grouped) if key(c) not in self.refused]
 
 
 def make_plan(settings: SearchConfig, overrides: list[Override], compose: Compose) -> Plan:
     """Check the space (each value composed once), the presets and the model and eval settings; Hydra's
     composition errors pass through for the caller to word."""
-    from quantsweep import models, point, recipes, validate
+    from quantsweep import algorithms, models, point, recipes, validate
 
     space = parse_space(overrides)
     base = compose(space.fixed)
@@ -109,10 +116,12 @@ def make_plan(settings: SearchConfig, overrides: list[Override], compose: Compos
     for name, values in space.dims.items():
         for value in values:
             composed = compose([*space.fixed, f"{name}={value}"])
+            algorithms.get(composed.scheme.algorithm)  # a misspelt value is an error, not a refusal
             if name == "scheme":
                 presets[value] = composed.scheme.preset
     for preset in {base.scheme.preset, *presets.values()}:
-        recipes.check_preset(preset, "scheme.preset")
+        if preset.upper() != recipes.DENSE:  # scheme=dense: _refuse says where it may be used
+            recipes.check_preset(preset, "scheme.preset")
     validate.check_eval(base.eval)
     check_floor(settings.floor, settings.floor_on, "search", list(base.eval.tasks))
     models.check_source(base.model)
@@ -143,11 +152,40 @@ def make_plan(settings: SearchConfig, overrides: list[Override], compose: Compos
         low,
         identity,
     )
+    _refuse(plan, base, compose)
     if SAMPLERS[settings.sampler].by_predicted_size:
         _predict(plan, base, compose)
     elif "context" in plan.objective.uses:
         _check_context(settings, base)
     return plan
+
+
+def _refuse(plan: Plan, base: DictConfig, compose: Compose) -> None:
+    """Refuse, once and before any work, the configurations whose settings cannot go together: a pruning
+    that GPTQ would undo, scheme=dense without a sparsity (`validate.check_sparsity`, the job's own check).
+    Only a space where a sparsity or scheme=dense can occur has any; none left to run is a ConfigError."""
+    from quantsweep import recipes, sparsity, validate
+
+    presets = {p.upper() for p in (plan.base_preset, *plan.presets.values())}
+    sparse = any(name.split(".")[0] == "sparsity" for name in plan.space.dims) or sparsity.enabled(
+        base.sparsity
+    )
+    if not sparse and recipes.DENSE not in presets:
+        return
+    every = plan.space.configurations(plan.grouped)
+    for params in every:
+        cfg = compose([*plan.space.fixed, *(f"{k}={v}" for k, v in params.items())])
+        try:
+            validate.check_sparsity(OmegaConf.to_object(cfg.sparsity), OmegaConf.to_object(cfg.scheme))  # type: ignore[arg-type]
+        except ConfigError as exc:
+            plan.refused[key(params)] = f"{exc}"
+    if not plan.refused:
+        return
+    first = next(iter(plan.refused.values()))
+    if len(plan.refused) == len(every):
+        raise ConfigError(f"no configuration of the space can be run: {first}")
+    named = ", ".join(describe(dict(k)) for k in plan.refused)
+    print(f"quantsweep: {len(plan.refused)} configurations refused before any work: {named} ({first})")
 
 
 def _model_config(base: DictConfig) -> Any:

@@ -35,6 +35,7 @@ def counts(found: list[TrialRecord]) -> dict[str, int]:
         "trials_pruned_floor": sum(r.verdict == decisions.PRUNED_FLOOR for r in own),
         "trials_pruned_size": sum(r.verdict == decisions.PRUNED_SIZE for r in own),
         "trials_failed": sum(r.verdict == decisions.FAILED for r in own),
+        "trials_refused": sum(r.verdict == decisions.REFUSED for r in own),
         "trials_repeated": len(found) - len(own),
         # Evaluations that produced numbers (a failed point is counted among the failures).
         "evaluations_low": sum(
@@ -89,7 +90,8 @@ def summary(found: list[TrialRecord], plan: Plan) -> str:
         f"quantsweep: study {s.study_name}: {n['trials']} trials: {n['trials_complete']} fully "
         f"evaluated ({n['trials_feasible']} feasible), {n['trials_pruned_floor']} pruned below "
         f"the floor, {n['trials_pruned_size']} pruned as no smaller, "
-        f"{n['trials_failed']} failed, {n['trials_repeated']} repeats (not re-evaluated)",
+        f"{n['trials_failed']} failed, {n['trials_repeated']} repeats (not re-evaluated)"
+        + (f", {n['trials_refused']} refused before any work" if n["trials_refused"] else ""),
         f"evaluations: {n['evaluations_low']} at {plan.low_limit or '-'} items, "
         f"{n['evaluations_full']} full, {n['evaluations_reused']} reused from MLflow; "
         f"{n['full_evaluations_saved']} full evaluations saved by pruning",

@@ -1,6 +1,6 @@
 """The Optuna study in its storage: created or resumed, refused when begun with other settings, cleared of
-trials a dead worker left RUNNING (several workers may share one study); and the trial bookkeeping that reads
-or copies stored trials."""
+trials a dead worker left RUNNING (several workers may share one study); and the trial bookkeeping that reads,
+copies or refuses stored trials."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import optuna
@@ -21,6 +21,7 @@ from quantsweep.sweeps.search import decisions
 from quantsweep.sweeps.search.decisions import TrialRecord
 from quantsweep.sweeps.search.plan import Plan
 from quantsweep.sweeps.search.samplers import SAMPLERS
+from quantsweep.sweeps.search.space import describe
 from quantsweep.tracking import redact
 
 # The study user attribute that holds the settings its constraints were computed with.
@@ -152,3 +153,12 @@ def copy_repeat(study: optuna.Study, t: InFlight, number: int) -> None:
     t.handle.set_user_attr(decisions.RECORD, record)
     study.tell(t.handle, state=TrialState.FAIL)
     print(f"quantsweep: trial {t.handle.number} repeats trial {number}: {record['verdict']}", flush=True)
+
+
+def refuse(study: optuna.Study, t: InFlight, reason: str) -> None:
+    """A trial that drew a configuration the plan refused: closed as FAIL at once, no job launched (the
+    grid counts its cell visited; TPE ignores it, as it does repeats)."""
+    t.record.verdict, t.record.error = decisions.REFUSED, reason
+    t.handle.set_user_attr(decisions.RECORD, asdict(t.record))
+    study.tell(t.handle, state=TrialState.FAIL)
+    print(f"quantsweep: trial {t.record.number} {describe(t.record.params)}: refused: {reason}", flush=True)

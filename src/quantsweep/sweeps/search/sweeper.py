@@ -29,7 +29,7 @@ from quantsweep.sweeps import bookkeeping, hydra_jobs
 from quantsweep.sweeps.search import decisions, fidelity, report, samplers
 from quantsweep.sweeps.search.plan import Plan, check_settings, make_plan
 from quantsweep.sweeps.search.space import GROUP_SIZE, describe, key
-from quantsweep.sweeps.search.study import InFlight, beating, claim, copy_repeat, earlier, open_study
+from quantsweep.sweeps.search.study import InFlight, beating, claim, copy_repeat, earlier, open_study, refuse
 from quantsweep.tracking import redact
 
 # Consecutive repeats after which the sampler is taken to have converged and the session stops.
@@ -107,13 +107,14 @@ class QuantsweepOptunaSweeper(Sweeper):
         try:
             repeats = 0
             while (size := self._next_batch_size(study, plan, batch, repeats)) > 0:
-                in_flight = self._ask_batch(study, plan, size)
-                if not in_flight:  # the sampler has nothing left to propose
+                in_flight, refused = self._ask_batch(study, plan, size)
+                if not in_flight and not refused:  # the sampler has nothing left to propose
                     print(samplers.exhausted(study), flush=True)
                     break
                 with beating(in_flight):
-                    fresh = self._run_batch(study, plan, in_flight)
-                repeats = 0 if fresh else repeats + len(in_flight)
+                    fresh = self._run_batch(study, plan, in_flight) if in_flight else 0
+                # A refused draw is work avoided, as a repeat is: a sampler that keeps drawing them converges.
+                repeats = 0 if fresh else repeats + len(in_flight) + refused
                 in_flight = []
         except BaseException:  # Ctrl-C, kill, or a crash: nothing is left RUNNING
             for t in in_flight:
@@ -127,7 +128,8 @@ class QuantsweepOptunaSweeper(Sweeper):
         """How many trials to ask next; 0 once the budget is spent, every configuration is tried, or the
         sampler has converged (said so)."""
         s = plan.search
-        tried = [r for r in decisions.records(study.get_trials(deepcopy=False)) if r.duplicate_of is None]
+        found = decisions.records(study.get_trials(deepcopy=False))
+        tried = [r for r in found if r.duplicate_of is None and r.verdict != decisions.REFUSED]
         if len(tried) >= s.n_trials:
             return 0
         if {key(c) for c in plan.configurations} <= {key(r.params) for r in tried}:
@@ -138,12 +140,20 @@ class QuantsweepOptunaSweeper(Sweeper):
             return 0
         return min(batch, s.n_trials - len(tried))
 
-    def _ask_batch(self, study: optuna.Study, plan: Plan, size: int) -> list[InFlight]:
-        """Up to `size` new trials, fewer when the sampler runs out of configurations to propose."""
+    def _ask_batch(self, study: optuna.Study, plan: Plan, size: int) -> tuple[list[InFlight], int]:
+        """Up to `size` new trials to evaluate, fewer when the sampler runs out of configurations to propose
+        or draws refused ones (closed at once, no job; counted second)."""
         asked: list[InFlight] = []
-        while len(asked) < size and samplers.exhausted(study) is None:
-            asked.append(self._ask(study, plan))
-        return asked
+        refused = 0
+        while len(asked) + refused < size and samplers.exhausted(study) is None:
+            t = self._ask(study, plan)
+            reason = plan.refused.get(key(t.record.params))
+            if reason is None:
+                asked.append(t)
+            else:
+                refuse(study, t, reason)
+                refused += 1
+        return asked, refused
 
     def _ask(self, study: optuna.Study, plan: Plan) -> InFlight:
         """A new trial: the sampler's configuration, `scheme.group_size` asked only where it applies."""
