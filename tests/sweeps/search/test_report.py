@@ -45,12 +45,16 @@ def test_counts_leave_repeats_apart():
         "trials_pruned_floor": 1,
         "trials_pruned_size": 0,
         "trials_failed": 1,
+        "trials_refused": 0,
         "trials_repeated": 1,
         "evaluations_low": 2,  # trials 1 and 2 (trial 2 then in full)
         "evaluations_full": 2,  # trial 0's was reused
         "evaluations_reused": 1,
         "full_evaluations_saved": 1,
     }
+    refused = TrialRecord({"scheme": "s6"}, decisions.REFUSED, error="cannot go together", number=6)
+    more = counts([*FOUND, refused])
+    assert more["trials"] == 7 and more["trials_refused"] == 1 and more["trials_failed"] == 1
 
 
 def test_table_rows(make_plan):
