@@ -185,7 +185,10 @@ def _refuse(plan: Plan, base: DictConfig, compose: Compose) -> None:
     if len(plan.refused) == len(every):
         raise ConfigError(f"no configuration of the space can be run: {first}")
     named = ", ".join(describe(dict(k)) for k in plan.refused)
-    print(f"quantsweep: {len(plan.refused)} configurations refused before any work: {named} ({first})")
+    print(
+        f"quantsweep: {len(plan.refused)} configurations refused before any work: {named} ({first})",
+        flush=True,
+    )
 
 
 def _model_config(base: DictConfig) -> Any:
