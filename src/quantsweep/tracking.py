@@ -85,10 +85,8 @@ def setup(cfg: TrackingConfig) -> str:
 
     The experiment is marked as MLflow 3's classic kind and given a saved runs-table view of KEY_METRICS, on
     creation and on an older experiment that lacks them; tags already there (a user's choice) are left alone.
-    Workers starting at once on one store each run this: creation carries the tags in the same write, and a
-    tag another worker added first is taken as written (a tracking server on PostgreSQL refuses the second
-    insert).
-    """
+    Workers starting at once: creation writes the tags with the experiment, and a tag another worker added
+    first is taken as written (PostgreSQL refuses the second insert)."""
     check_store(cfg.uri)
     import mlflow
 
