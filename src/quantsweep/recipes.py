@@ -143,7 +143,12 @@ def config_groups(scheme: SchemeConfig) -> dict[str, QuantizationScheme]:
 
 def is_dense(scheme: SchemeConfig) -> bool:
     """`scheme=dense`: the weights are not quantized."""
-    return scheme.preset.upper() == DENSE
+    return is_dense_preset(scheme.preset)
+
+
+def is_dense_preset(preset: str) -> bool:
+    """The preset `scheme=dense` names (any case): no quantization."""
+    return preset.upper() == DENSE
 
 
 def build_recipe(scheme: SchemeConfig, ignore: list[str], sparse: SparsityConfig | None = None) -> list[Any]:

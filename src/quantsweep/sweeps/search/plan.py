@@ -26,6 +26,8 @@ from quantsweep.sweeps.search.space import Key, Space, describe, key, parse_spac
 
 # Overrides → the job's config, as the launcher will compose it.
 Compose = Callable[[list[str]], DictConfig]
+# A configuration's params → its job's config (composed once: `_composer`).
+Configuration = Callable[[dict[str, str]], DictConfig]
 
 
 def check_settings(cfg: SearchConfig) -> None:
@@ -64,7 +66,7 @@ def has_groups(preset: str) -> bool:
     quantizes nothing)."""
     from quantsweep import recipes
 
-    if preset.upper() == recipes.DENSE:
+    if recipes.is_dense_preset(preset):
         return False
     weights = recipes.quant_scheme(preset, ["Linear"]).weights
     return weights is not None and weights.group_size is not None
@@ -120,7 +122,7 @@ def make_plan(settings: SearchConfig, overrides: list[Override], compose: Compos
             if name == "scheme":
                 presets[value] = composed.scheme.preset
     for preset in {base.scheme.preset, *presets.values()}:
-        if preset.upper() != recipes.DENSE:  # scheme=dense: _refuse says where it may be used
+        if not recipes.is_dense_preset(preset):  # scheme=dense: _refuse says where it may be used
             recipes.check_preset(preset, "scheme.preset")
     validate.check_eval(base.eval)
     check_floor(settings.floor, settings.floor_on, "search", list(base.eval.tasks))
@@ -152,33 +154,46 @@ def make_plan(settings: SearchConfig, overrides: list[Override], compose: Compos
         low,
         identity,
     )
-    _refuse(plan, base, compose)
+    configuration = _composer(space, compose)
+    _refuse(plan, base, configuration)
     if SAMPLERS[settings.sampler].by_predicted_size:
-        _predict(plan, base, compose)
+        _predict(plan, base, configuration)
     elif "context" in plan.objective.uses:
         _check_context(settings, base)
     return plan
 
 
-def _refuse(plan: Plan, base: DictConfig, compose: Compose) -> None:
+def _composer(space: Space, compose: Compose) -> Configuration:
+    """A configuration's job config, composed once however many of the plan's checks read it."""
+    composed: dict[Key, DictConfig] = {}
+
+    def configuration(params: dict[str, str]) -> DictConfig:
+        if key(params) not in composed:
+            composed[key(params)] = compose([*space.fixed, *(f"{k}={v}" for k, v in params.items())])
+        return composed[key(params)]
+
+    return configuration
+
+
+def _refuse(plan: Plan, base: DictConfig, configuration: Configuration) -> None:
     """Refuse, once and before any work, the configurations whose settings cannot go together: a pruning
     that GPTQ would undo, scheme=dense without a sparsity (`validate.check_sparsity`, the job's own check).
     Only a space where a sparsity or scheme=dense can occur has any; none left to run is a ConfigError."""
     from quantsweep import recipes, sparsity, validate
 
-    presets = {p.upper() for p in (plan.base_preset, *plan.presets.values())}
+    dense = any(map(recipes.is_dense_preset, (plan.base_preset, *plan.presets.values())))
     sparse = any(name.split(".")[0] == "sparsity" for name in plan.space.dims) or sparsity.enabled(
         base.sparsity
     )
-    if not sparse and recipes.DENSE not in presets:
+    if not sparse and not dense:
         return
     every = plan.space.configurations(plan.grouped)
     for params in every:
-        cfg = compose([*plan.space.fixed, *(f"{k}={v}" for k, v in params.items())])
+        cfg = configuration(params)
         try:
             validate.check_sparsity(OmegaConf.to_object(cfg.sparsity), OmegaConf.to_object(cfg.scheme))  # type: ignore[arg-type]
         except ConfigError as exc:
-            plan.refused[key(params)] = f"{exc}"
+            plan.refused[key(params)] = str(exc)
     if not plan.refused:
         return
     first = next(iter(plan.refused.values()))
@@ -208,7 +223,7 @@ def _check_context(s: SearchConfig, base: DictConfig) -> None:
             raise ConfigError(str(exc)) from None
 
 
-def _predict(plan: Plan, base: DictConfig, compose: Compose) -> None:
+def _predict(plan: Plan, base: DictConfig, configuration: Configuration) -> None:
     """Predict every configuration's objective from the model's config (meta device, no weights) and
     order them smallest first; those the model cannot be built with (a group size that does not divide
     its layers) are left out, and said so."""
@@ -221,7 +236,7 @@ def _predict(plan: Plan, base: DictConfig, compose: Compose) -> None:
     sizes: dict[Key, tuple[float, int]] = {}
     left_out = []
     for params in plan.configurations:
-        cfg = compose([*plan.space.fixed, *(f"{k}={v}" for k, v in params.items())])
+        cfg = configuration(params)
         scheme = OmegaConf.to_object(cfg.scheme)
         try:
             _, size = point.fit(meta, scheme, cfg.ignore)  # type: ignore[arg-type]
