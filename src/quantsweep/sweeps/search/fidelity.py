@@ -13,7 +13,7 @@ from quantsweep.outcome import Outcome
 from quantsweep.sweeps.search import decisions
 from quantsweep.sweeps.search.plan import Plan
 from quantsweep.sweeps.search.space import describe
-from quantsweep.sweeps.search.study import InFlight, best_size
+from quantsweep.sweeps.search.study import InFlight, best_size, tell_failed
 from quantsweep.tables import pm
 
 
@@ -36,7 +36,7 @@ def judge_low(study: optuna.Study, plan: Plan, t: InFlight, report: Outcome) -> 
     """Score the cheap evaluation; True when the trial goes on to the full one."""
     s = plan.search
     if report.status != "FINISHED":
-        tell_failed(study, t, report)
+        tell_failed(study, t, decisions.FAILED, report.error)
         return False
     b = decisions.bound(report.metrics, s.floor_on, plan.z, plan.z_prune)
     if b is None:  # recovery undefined on these few items: judge it on the full evaluation
@@ -67,13 +67,12 @@ def judge_full(study: optuna.Study, plan: Plan, t: InFlight, report: Outcome) ->
     """Feasible when the lower bound clears the floor; told as COMPLETE with its size either way."""
     s = plan.search
     if report.status != "FINISHED":
-        tell_failed(study, t, report)
+        tell_failed(study, t, decisions.FAILED, report.error)
         return
     b = decisions.bound(report.metrics, s.floor_on, plan.z)
     if b is None:
         error = f"{s.floor_on} is undefined (baseline accuracy 0?); use search.floor_on=accuracy"
-        failed = Outcome(report.name, "FAILED", run_id=report.run_id, error=error)
-        tell_failed(study, t, failed)
+        tell_failed(study, t, decisions.FAILED, error)
         return
     size = plan.objective.measured(report.metrics, s)
     t.record.measured("full", report.metrics, b, size)
@@ -86,15 +85,5 @@ def judge_full(study: optuna.Study, plan: Plan, t: InFlight, report: Outcome) ->
         f"quantsweep: trial {t.record.number} {describe(t.record.params)}: "
         f"{plan.objective.text(size)}, {s.floor_on} {pm(b.value, b.stderr)}, "
         f"lower bound {b.lower:.3f} → {t.record.verdict}",
-        flush=True,
-    )
-
-
-def tell_failed(study: optuna.Study, t: InFlight, report: Outcome) -> None:
-    t.record.verdict, t.record.error = decisions.FAILED, report.error
-    t.handle.set_user_attr(decisions.RECORD, asdict(t.record))
-    study.tell(t.handle, state=TrialState.FAIL)
-    print(
-        f"quantsweep: trial {t.record.number} {describe(t.record.params)}: failed: {report.error}",
         flush=True,
     )

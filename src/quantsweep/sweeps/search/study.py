@@ -1,6 +1,6 @@
 """The Optuna study in its storage: created or resumed, refused when begun with other settings, cleared of
 trials a dead worker left RUNNING (several workers may share one study); and the trial bookkeeping that reads,
-copies or refuses stored trials."""
+copies or closes trials."""
 
 from __future__ import annotations
 
@@ -155,10 +155,10 @@ def copy_repeat(study: optuna.Study, t: InFlight, number: int) -> None:
     print(f"quantsweep: trial {t.handle.number} repeats trial {number}: {record['verdict']}", flush=True)
 
 
-def refuse(study: optuna.Study, t: InFlight, reason: str) -> None:
-    """A trial that drew a configuration the plan refused: closed as FAIL at once, no job launched (the
-    grid counts its cell visited; TPE ignores it, as it does repeats)."""
-    t.record.verdict, t.record.error = decisions.REFUSED, reason
+def tell_failed(study: optuna.Study, t: InFlight, verdict: str, error: str | None) -> None:
+    """Close a trial as FAIL with its verdict and why: a failed evaluation, or a configuration the plan
+    refused (no job launched; the grid counts its cell visited, TPE ignores it as it does repeats)."""
+    t.record.verdict, t.record.error = verdict, error
     t.handle.set_user_attr(decisions.RECORD, asdict(t.record))
     study.tell(t.handle, state=TrialState.FAIL)
-    print(f"quantsweep: trial {t.record.number} {describe(t.record.params)}: refused: {reason}", flush=True)
+    print(f"quantsweep: trial {t.record.number} {describe(t.record.params)}: {verdict}: {error}", flush=True)

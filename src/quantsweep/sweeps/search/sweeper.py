@@ -29,7 +29,15 @@ from quantsweep.sweeps import bookkeeping, hydra_jobs
 from quantsweep.sweeps.search import decisions, fidelity, report, samplers
 from quantsweep.sweeps.search.plan import Plan, check_settings, make_plan
 from quantsweep.sweeps.search.space import GROUP_SIZE, describe, key
-from quantsweep.sweeps.search.study import InFlight, beating, claim, copy_repeat, earlier, open_study, refuse
+from quantsweep.sweeps.search.study import (
+    InFlight,
+    beating,
+    claim,
+    copy_repeat,
+    earlier,
+    open_study,
+    tell_failed,
+)
 from quantsweep.tracking import redact
 
 # Consecutive repeats after which the sampler is taken to have converged and the session stops.
@@ -151,7 +159,7 @@ class QuantsweepOptunaSweeper(Sweeper):
             if reason is None:
                 asked.append(t)
             else:
-                refuse(study, t, reason)
+                tell_failed(study, t, decisions.REFUSED, reason)
                 refused += 1
         return asked, refused
 
